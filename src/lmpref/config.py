@@ -1,0 +1,335 @@
+"""Typed, nested run configuration; presets are TOML data files; overrides are dotted keys.
+
+Every field has a one-line docstring (the string under it). Presets live in `lmpref/presets/*.toml`
+and only name the fields they change. `--scale small|paper` applies the `[scale.<name>]` table of
+the preset on top. An unknown key anywhere is an error that names the key and lists the valid ones.
+
+Defaults follow the paper's style-task hyper-parameters (Ziegler et al. 2019, appendix; and
+openai/lm-human-preferences `launch.py` as transcribed in vwxyzjn/lm-human-preference-details
+`train_policy_accelerate.py`): kl_coef 0.15, adaptive target 6 nats, horizon 10,000 episodes,
+1 minibatch, 4 epochs, lr 1e-5, vf_coef 0.1, clip 0.2 / 0.2, gamma 1, lam 0.95, whitened rewards,
+Adam eps 1e-5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says how."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """Policy / reference model: a Hub id (gpt2-large), a local directory, 'smollm2-135m' (bundled) or 'tiny-gpt2'."""
+    reward_model: str = ""
+    """Trunk the reward model starts from; empty = the same as `name` (as in the paper)."""
+    dtype: str = "float32"
+    """Weights dtype: float32 | bfloat16 | float16."""
+    trainable_layers: int = -1
+    """Train only the top N transformer blocks (+ final norm and heads); -1 trains everything."""
+    cache_dir: str = ""
+    """Where converted models are cached; empty = $LMPREF_CACHE or ~/.cache/lmpref."""
+    attn_implementation: str = ""
+    """Attention kernel for transformers: sdpa | flash_attention_2 | eager; empty = transformers' default (sdpa)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sentiment"
+    """Task name, used in labels and reports."""
+    query_dataset: str = "books"
+    """Where queries come from: 'books' (the shipped public-domain novels) or a path to a JSONL of {"text"} / {"query"}."""
+    query_length: int = 64
+    """Query length in tokens (queries are left-padded to it)."""
+    start_text: str = "."
+    """A query starts right after the first occurrence of this token ('' = anywhere)."""
+    end_text: str = "."
+    """A query is cut back to end at the last occurrence of this token ('' = no cut)."""
+    min_query_tokens: int = 8
+    """Queries shorter than this after cutting are skipped."""
+    response_length: int = 24
+    """Sampled response length in tokens (fixed: no early stop)."""
+    truncate_token: str = "."
+    """A response is cut after the first occurrence of this token at or after `truncate_after` ('' = never cut)."""
+    truncate_after: int = 16
+    """First 0-based response index at which `truncate_token` may end the response."""
+    penalty_reward: float = -1.0
+    """Reward for a response that never reaches `truncate_token` in the allowed window (never shown to labelers)."""
+    temperature: float = 0.7
+    """Sampling temperature (logits are divided by it in training too, as the original does)."""
+    holdout_fraction: float = 0.1
+    """Share of each source text (its end) reserved for held-out evaluation queries."""
+
+
+@dataclass
+class SampleConfig:
+    num_queries: int = 5000
+    """Queries sampled from the reference model for offline labels (the paper: 5k offline for style)."""
+    k: int = 4
+    """Continuations per query shown to a labeler."""
+    batch_size: int = 32
+    """Generation batch size."""
+
+
+@dataclass
+class LabelerConfig:
+    name: str = "sentiment"
+    """Programmatic labeler: sentiment | descriptiveness (and the summarization labelers)."""
+    temperature: float = 0.05
+    """Boltzmann-rational noise: P(pick i) ∝ exp(score_i / temperature); 0 = always the top score."""
+
+
+@dataclass
+class RewardConfig:
+    lr: float = 5e-5
+    """Adam learning rate for the reward model (paper: 5e-5)."""
+    epochs: int = 1
+    """Passes over the labels (paper: 1)."""
+    batch_size: int = 8
+    """Labels (each K sequences) per optimizer step."""
+    holdout_fraction: float = 0.1
+    """Share of labels held out to report accuracy."""
+    norm_samples: int = 256
+    """Reference-model samples used to set the gain and bias (mean 0, std 1)."""
+    trainable_layers: int = -1
+    """Train only the top N blocks of the reward trunk; -1 = `model.trainable_layers`."""
+
+
+@dataclass
+class PPOConfig:
+    total_episodes: int = 1_000_000
+    """Episodes (query, response) to train on (paper: 1M for style tasks at 774M)."""
+    batch_size: int = 512
+    """Rollout batch: episodes per PPO update (paper: 512 over 8 GPUs)."""
+    minibatches: int = 1
+    """Minibatches per epoch (paper: 1)."""
+    micro_batch_size: int = 0
+    """Gradient-accumulation chunk; 0 = the whole minibatch at once; -1 = the largest that fits in memory (probed once)."""
+    epochs: int = 4
+    """Optimisation epochs over each rollout batch (paper: 4)."""
+    lr: float = 1e-5
+    """Adam learning rate, linearly annealed to 0 over the run."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 (the original does)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (the original TensorFlow code uses 1e-5)."""
+    adam_tf_eps: bool = False
+    """Put epsilon outside the bias correction as TensorFlow does (found to matter by lm-human-preference-details)."""
+    vf_coef: float = 0.1
+    """Value-loss coefficient."""
+    cliprange: float = 0.2
+    """PPO policy ratio clip."""
+    cliprange_value: float = 0.2
+    """Value prediction clip."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_rewards: bool = True
+    """Whiten per-token rewards (without shifting the mean) before GAE."""
+    kl_coef: float = 0.15
+    """Initial beta of the KL penalty."""
+    adaptive_kl: bool = True
+    """Adapt beta towards `kl_target` (proportional controller, clipped to ±20%)."""
+    kl_target: float = 6.0
+    """Target KL(pi || rho) per episode, in nats."""
+    kl_horizon: int = 10_000
+    """Horizon of the adaptive-KL controller, in episodes."""
+    max_grad_norm: float = 0.0
+    """Gradient-norm clip; 0 = off (the original has none)."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every N updates (and at the end)."""
+    mixed_precision: str = "no"
+    """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
+    fast_sampling: str = "auto"
+    """on | off | auto (CUDA): sample on a static KV cache and keep the policy's log-probs and values from that pass."""
+    compile: str = "off"
+    """on | off | auto (CUDA): torch.compile the decode step with CUDA graphs (needs fast_sampling)."""
+    fused_adam: str = "auto"
+    """on | off | auto (CUDA): torch's fused Adam kernel (not used with adam_tf_eps)."""
+
+
+@dataclass
+class SFTConfig:
+    lr: float = 5e-5
+    """Adam learning rate of supervised fine-tuning on (query, reference) pairs, decayed linearly to 0."""
+    epochs: int = 1
+    """Passes over the training pairs."""
+    batch_size: int = 8
+    """Pairs per optimizer step."""
+    eval_pairs: int = 64
+    """Held-out pairs (the task's eval split) on which the loss is reported before and after."""
+
+
+@dataclass
+class EvalConfig:
+    num_queries: int = 256
+    """Held-out queries for the final win-rate comparison."""
+    num_samples_shown: int = 5
+    """Side-by-side samples printed and saved."""
+
+
+@dataclass
+class RunConfig:
+    preset: str = "sentiment"
+    """The preset this config came from."""
+    scale: str = "small"
+    """The size table applied from the preset: small | paper (| tiny for tests)."""
+    seed: int = 0
+    """Seed for every random choice (queries, sampling, labeler noise, init, shuffles)."""
+    run_dir: str = ""
+    """Output directory; empty = runs/<preset>-<scale>-seed<seed>."""
+    threads: int = 0
+    """torch CPU threads; 0 = leave torch's default."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.preset}-{self.scale}-seed{self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Check derived sizes once so a bad combination fails before any model loads."""
+        p = self.ppo
+        if p.batch_size % p.minibatches:
+            raise ConfigError(f"ppo.batch_size={p.batch_size} must be divisible by ppo.minibatches={p.minibatches}")
+        mb = p.batch_size // p.minibatches
+        if p.micro_batch_size > 0 and mb % p.micro_batch_size:
+            raise ConfigError(f"minibatch size {mb} must be divisible by ppo.micro_batch_size={p.micro_batch_size}")
+        if p.total_episodes < p.batch_size:
+            raise ConfigError(f"ppo.total_episodes={p.total_episodes} is smaller than one batch ({p.batch_size})")
+        if not 2 <= self.sample.k <= 16:
+            raise ConfigError(f"sample.k={self.sample.k}: choose between 2 and 16 continuations per query")
+        if not 0 <= self.task.truncate_after < self.task.response_length:
+            raise ConfigError("task.truncate_after must lie inside the response (0 <= it < task.response_length)")
+        if self.task.temperature <= 0:
+            raise ConfigError("task.temperature must be > 0")
+        if p.micro_batch_size < -1:
+            raise ConfigError(f"ppo.micro_batch_size={p.micro_batch_size}: use a size, 0 (whole minibatch) or -1 (fit to memory)")
+        if p.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"ppo.mixed_precision={p.mixed_precision!r}: use no or bf16")
+        for name in ("fast_sampling", "compile", "fused_adam"):
+            if getattr(p, name) not in ("on", "off", "auto"):
+                raise ConfigError(f"ppo.{name}={getattr(p, name)!r}: use on, off or auto")
+        if self.model.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.model.dtype!r}: use float32, bfloat16 or float16")
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Turn a CLI string (or TOML value) into the type of the field it replaces."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    try:
+        if isinstance(current, int):
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a {type(current).__name__}, got {value!r}") from None
+    return str(value) if isinstance(current, str) else value
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> None:
+    """Set dotted keys (`ppo.lr`, `task.query_length`) on a nested dataclass; unknown keys are errors."""
+    for key, value in overrides.items():
+        obj, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            names = _field_names(type(obj))
+            if part not in names:
+                where = ".".join(parts[:i]) or "the top level"
+                raise ConfigError(
+                    f"unknown config key {prefix}{key!r}: {part!r} is not a field of {where}; "
+                    f"valid fields there: {', '.join(names)}"
+                )
+            if i == len(parts) - 1:
+                current = getattr(obj, part)
+                if dataclasses.is_dataclass(current):
+                    if not isinstance(value, dict):
+                        raise ConfigError(f"{prefix}{key} is a section; set one of its fields, e.g. {key}.{_field_names(type(current))[0]}")
+                    apply_overrides(current, value, prefix=f"{prefix}{key}.")
+                else:
+                    setattr(obj, part, _coerce(value, current, prefix + key))
+            else:
+                obj = getattr(obj, part)
+                if not dataclasses.is_dataclass(obj):
+                    raise ConfigError(f"unknown config key {prefix}{key!r}: {'.'.join(parts[:i + 1])} is not a section")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("lmpref.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset by name, or a path to a TOML file of the same shape."""
+    path = Path(name)
+    if name.endswith(".toml") and path.exists():
+        return tomllib.loads(path.read_text())
+    res = resources.files("lmpref.presets") / f"{name}.toml"
+    if not res.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a .toml file)")
+    return tomllib.loads(res.read_text())
+
+
+def parse_override_args(items: list[str]) -> dict[str, str]:
+    """['ppo.lr=3e-5', 'seed=1'] -> {'ppo.lr': '3e-5', 'seed': '1'}."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. ppo.lr=3e-5)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def make_config(preset: str = "sentiment", scale: str = "small", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the preset, then its `[scale.<scale>]` table, then the overrides."""
+    data = load_preset(preset)
+    scales = data.pop("scale", {})
+    cfg = RunConfig(preset=Path(preset).stem if preset.endswith(".toml") else preset, scale=scale)
+    apply_overrides(cfg, data)
+    if scale not in scales:
+        raise ConfigError(f"preset {preset!r} has no scale {scale!r}; available: {', '.join(scales) or 'none'}")
+    apply_overrides(cfg, scales[scale])
+    apply_overrides(cfg, overrides or {})
+    cfg.check()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig saved as JSON (`config.json` in a run directory)."""
+    cfg = RunConfig()
+    apply_overrides(cfg, data)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from lmpref.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))

@@ -1,0 +1,73 @@
+"""Held-out evaluation of a policy against the reference model: win rate judged by a labeler,
+mean reward, KL; printed as a table and saved as `eval.json`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmpref.labelers import Labeler
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (ties count as half a success)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def judge(labeler: Labeler, query: str, a: str, a_valid: bool, b: str, b_valid: bool, reference: str | None = None) -> float:
+    """1 if `a` wins, 0 if `b` wins, 0.5 for a tie. An invalid response (no sentence end in the
+    allowed window: never shown to a labeler) loses to a valid one; two invalid ones tie."""
+    if a_valid != b_valid:
+        return 1.0 if a_valid else 0.0
+    if not a_valid:
+        return 0.5
+    sa = labeler.score(query, a, reference=reference)
+    sb = labeler.score(query, b, reference=reference)
+    return 1.0 if sa > sb else 0.0 if sa < sb else 0.5
+
+
+def win_rate(labeler: Labeler, pairs: list[dict]) -> dict:
+    """pairs: {query, policy_response, policy_valid, ref_response, ref_valid[, reference]}."""
+    outcomes = [judge(labeler, p["query"], p["policy_response"], p["policy_valid"], p["ref_response"], p["ref_valid"], p.get("reference")) for p in pairs]
+    wins = sum(outcomes)
+    lo, hi = wilson_interval(wins, len(outcomes))
+    return {
+        "win_rate": wins / len(outcomes) if outcomes else float("nan"),
+        "win_rate_ci": [lo, hi],
+        "n_comparisons": len(outcomes),
+        "wins": sum(o == 1.0 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
+    }
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, ids, mask, responses, temperature: float) -> torch.Tensor:
+    """Sampled estimate of KL(π‖ρ) per episode: Σ_t log π − log ρ on π's own samples. (B,)"""
+    from lmpref.sampling import logprobs_of
+
+    R = responses.shape[1]
+    lp = logprobs_of(policy(ids, mask, R, temperature, with_values=False)[0], responses)
+    rlp = logprobs_of(ref(ids, mask, R, temperature, with_values=False)[0], responses)
+    return (lp - rlp).sum(1)
+
+
+def format_table(result: dict) -> str:
+    lo, hi = result["win_rate_ci"]
+    rows = [
+        ("win rate vs reference (labeler)", f"{result['win_rate']:.1%}  (95% CI {lo:.1%}–{hi:.1%})"),
+        ("comparisons (wins / losses / ties)", f"{result['n_comparisons']}  ({result['wins']} / {result['losses']} / {result['ties']})"),
+        ("mean reward: policy / reference", f"{result['mean_reward']['policy']:+.3f} / {result['mean_reward']['ref']:+.3f}"),
+        ("labeler score: policy / reference", f"{result['labeler_score']['policy']:+.3f} / {result['labeler_score']['ref']:+.3f}"),
+        ("valid responses: policy / reference", f"{result['valid_fraction']['policy']:.1%} / {result['valid_fraction']['ref']:.1%}"),
+        ("KL(policy || reference) per episode", f"{result['kl']:.2f} nats"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)

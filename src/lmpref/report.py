@@ -1,0 +1,415 @@
+"""One self-contained HTML page describing a run: tables, inline-SVG plots, samples with copying.
+
+`write_report(run_dir)` reads, when present (a missing file or key leaves a note on the page):
+
+- `eval.json`: `{"win_rate": float, "win_rate_ci": [lo, hi], "n_comparisons": int,
+  "mean_reward": {"policy": float, "ref": float}, "kl": float,
+  "samples": [{"query": str, "ref_response": str, "policy_response": str, ...}]}`;
+  any other numeric keys of a sample (e.g. `policy_score`) are shown with it.
+  Optional `pairwise` and `human_pairwise`: `[{"a", "b", "win_rate" (of a), "win_rate_ci", "n"}]`
+  (`lmpref evaluate`: judged by the labeler; `--read-human`: by people), each drawn as a table.
+- `metrics.jsonl`: one JSON object per PPO update: `step` plus namespaced numbers
+  (`objective/scores`, `objective/kl`, `objective/kl_coef`, `ppo/...`; `eval/win_rate` when the
+  run evaluated during training). Every numeric key is plotted against `step`.
+- `summary_eval.json` (written by `lmpref evaluate` through `lmpref.metrics.summary_eval`):
+  `{"task": "tldr" | "cnndm", "n_documents": int, "policies": {name: stats}}` where `stats` is
+  `lmpref.metrics.summary_stats`: `n`, `mean_words`, ROUGE F1 x 100 `rouge1`, `rouge2`, `rougeL`,
+  `rougeLsum` (only with references), and in percent `novel_1grams`..`novel_4grams`,
+  `novel_sentences`, `copied_words`, `copies_from_start`, `copies_anywhere`,
+  `preamble_copies_from_start`, `preamble_copies_anywhere` (None when `preamble_n` is 0).
+  Names are free; `lead-3`, `ref` (the initial policy) and `policy` are the usual ones.
+
+The page has no external assets: it renders offline. All text from the run is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from lmpref.metrics import bigram_lcs, copied_pct, copied_spans, novel_ngram_pct, word_spans, words
+
+MAX_SAMPLES = 20
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+# (title, metric keys) drawn first; every other numeric metrics.jsonl key gets its own small plot.
+MAIN_PLOTS = (
+    ("Reward (reward-model score)", ("objective/scores", "objective/rlhf_reward")),
+    ("KL(policy || reference), nats", ("objective/kl",)),
+    ("KL coefficient", ("objective/kl_coef",)),
+    ("Win rate vs. reference policy", ("eval/win_rate",)),
+)
+SUMMARY_COLUMNS = (
+    ("n", "n"), ("mean_words", "words"), ("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeL", "R-L"),
+    ("rougeLsum", "R-Lsum"), ("novel_1grams", "novel 1g %"), ("novel_2grams", "novel 2g %"),
+    ("novel_3grams", "novel 3g %"), ("novel_4grams", "novel 4g %"), ("novel_sentences", "novel sent %"),
+    ("copied_words", "copied words %"), ("copies_from_start", "copies start %"),
+    ("copies_anywhere", "copies %"), ("preamble_n", "preamble n"),
+    ("preamble_copies_from_start", "preamble: copies start %"),
+    ("preamble_copies_anywhere", "preamble: copies %"),
+)
+
+# ---------------------------------------------------------------- small pure helpers
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x) -> float | None:
+    """A finite float, or None (bools, strings, NaN and missing values are not plottable)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def fmt(x) -> str:
+    v = _num(x)
+    if v is None:
+        return "–" if x is None else _esc(x)
+    return str(int(v)) if v.is_integer() and abs(v) < 1e9 else f"{v:.4g}"
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+def _padded_range(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or abs(lo) * 0.1 or 1.0  # a flat line or one point still gets room
+    return lo - pad, hi + pad
+
+
+# ---------------------------------------------------------------- SVG
+
+
+def _axes(title, xlabel, ylabel, x_lo, x_hi, y_lo, y_hi, width, height, m) -> list[str]:
+    """Frame, ticks and labels; `m` = (left, right, top, bottom) margins."""
+    left, right, top, bottom = m
+    parts = [
+        f'<text x="{width / 2}" y="14" text-anchor="middle" class="t">{_esc(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame"/>',
+        f'<text x="{width / 2}" y="{height - 4}" text-anchor="middle" class="l">{_esc(xlabel)}</text>',
+        f'<text x="12" y="{height / 2}" text-anchor="middle" class="l" '
+        f'transform="rotate(-90 12 {height / 2})">{_esc(ylabel)}</text>',
+    ]
+    for v in _ticks(x_lo, x_hi):
+        x = left + (v - x_lo) / (x_hi - x_lo) * (width - left - right)
+        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 14}" text-anchor="middle" class="k">{fmt(float(f"{v:.3g}"))}</text>')
+    for v in _ticks(y_lo, y_hi):
+        y = height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+        parts.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="k">{fmt(float(f"{v:.3g}"))}</text>')
+    return parts
+
+
+def line_plot_svg(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "",
+    width: int = 460,
+    height: int = 240,
+) -> str:
+    """An SVG line plot of named (x, y) series; non-finite points are dropped."""
+    clean = {k: [(x, y) for x, y in pts if _num(x) is not None and _num(y) is not None] for k, pts in series.items()}
+    clean = {k: v for k, v in clean.items() if v}
+    if not clean:
+        return f'<p class="note">{_esc(title)}: no finite values to plot.</p>'
+    m = (58, 12, 24, 36)
+    xs = [x for pts in clean.values() for x, _ in pts]
+    ys = [y for pts in clean.values() for _, y in pts]
+    (x_lo, x_hi), (y_lo, y_hi) = _padded_range(xs), _padded_range(ys)
+
+    def px(x, y):
+        return (m[0] + (x - x_lo) / (x_hi - x_lo) * (width - m[0] - m[1]),
+                height - m[3] - (y - y_lo) / (y_hi - y_lo) * (height - m[2] - m[3]))
+
+    parts = _axes(title, xlabel, ylabel, x_lo, x_hi, y_lo, y_hi, width, height, m)
+    for i, (name, pts) in enumerate(clean.items()):
+        color = PALETTE[i % len(PALETTE)]
+        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in (px(x, y) for x, y in sorted(pts)))
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        if len(pts) == 1:
+            a, b = px(*pts[0])
+            parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>')
+        parts.append(f'<text x="{m[0] + 6}" y="{m[2] + 14 + 13 * i}" fill="{color}" class="k">{_esc(name)}</text>')
+    return _svg(width, height, parts, title)
+
+
+def scatter_svg(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    width: int = 460,
+    height: int = 260,
+) -> str:
+    """An SVG scatter of labelled (label, x, y) points."""
+    pts = [(lab, x, y) for lab, x, y in points if _num(x) is not None and _num(y) is not None]
+    if not pts:
+        return f'<p class="note">{_esc(title)}: no points to plot.</p>'
+    m = (58, 12, 24, 36)
+    (x_lo, x_hi), (y_lo, y_hi) = _padded_range([p[1] for p in pts]), _padded_range([p[2] for p in pts])
+    parts = _axes(title, xlabel, ylabel, x_lo, x_hi, y_lo, y_hi, width, height, m)
+    placed: list[tuple[float, float]] = []  # label positions, to stack labels of coinciding points
+    for i, (label, x, y) in enumerate(pts):
+        a = m[0] + (x - x_lo) / (x_hi - x_lo) * (width - m[0] - m[1])
+        b = height - m[3] - (y - y_lo) / (y_hi - y_lo) * (height - m[2] - m[3])
+        color = PALETTE[i % len(PALETTE)]
+        parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="5" fill="{color}"><title>{_esc(label)}</title></circle>')
+        anchor = "end" if a > width * 0.7 else "start"
+        ly = b + 4
+        while any(abs(a - pa) < 60 and abs(ly - py) < 11 for pa, py in placed):
+            ly -= 12
+        placed.append((a, ly))
+        tx = a + (-8 if anchor == "end" else 8)
+        parts.append(f'<text x="{tx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" fill="{color}" class="k">'
+                     f"{_esc(label)}</text>")
+    return _svg(width, height, parts, title)
+
+
+def copy_strip_svg(n_positions: int, positions: Sequence[int], *, label: str, width: int = 460, height: int = 16) -> str:
+    """A bar for the context (left = start) with a tick at each copied position (bigram LCS)."""
+    parts = [f'<rect x="0" y="3" width="{width}" height="{height - 6}" class="strip"/>']
+    for p in positions:
+        x = (p + 0.5) / max(n_positions, 1) * width
+        parts.append(f'<rect x="{x - 1:.1f}" y="0" width="2" height="{height}" class="tick"/>')
+    return _svg(width, height, parts, label)
+
+
+def _svg(width: int, height: int, parts: list[str], label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label)}">' + "".join(parts) + "</svg>")
+
+
+# ---------------------------------------------------------------- text with highlights
+
+
+def highlight(text: str, ranges: Sequence[tuple[int, int]]) -> str:
+    """Escaped `text` with the character ranges wrapped in <mark>; overlapping ranges are merged."""
+    merged: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    out, pos = [], 0
+    for s, e in merged:
+        out += [_esc(text[pos:s]), "<mark>", _esc(text[s:e]), "</mark>"]
+        pos = e
+    out.append(_esc(text[pos:]))
+    return "".join(out)
+
+
+def copy_ranges(response: str, context: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Character ranges of the copied spans (>= 3 words) in the response and in the context."""
+    rw, cw = word_spans(response), word_spans(context)
+    in_response, in_context = [], []
+    for sp in copied_spans(response, context):
+        in_response.append((rw[sp.summary_start][1], rw[sp.summary_start + sp.length - 1][2]))
+        in_context.append((cw[sp.context_start][1], cw[sp.context_start + sp.length - 1][2]))
+    return in_response, in_context
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
+    """Cells are HTML already (escaped by the caller); the header is plain text."""
+    head = "<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def _headline(ev: Mapping) -> str:
+    ci = ev.get("win_rate_ci")
+    ci_txt = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "–"
+    reward = ev.get("mean_reward") if isinstance(ev.get("mean_reward"), Mapping) else {}
+    rows = [
+        ("win rate of policy over reference", f"{fmt(ev.get('win_rate'))} (95% CI {ci_txt})"),
+        ("comparisons", fmt(ev.get("n_comparisons"))),
+        ("mean reward: policy", fmt(reward.get("policy"))),
+        ("mean reward: reference", fmt(reward.get("ref"))),
+        ("KL(policy || reference)", fmt(ev.get("kl"))),
+    ]
+    return _table(None, [(_esc(a), b) for a, b in rows])
+
+
+def _pairwise(rows, judge: str) -> str:
+    """eval.json `pairwise` / `human_pairwise`: [{a, b, win_rate (of a), win_rate_ci, n}]."""
+    if not isinstance(rows, list) or not rows:
+        return f'<p class="note">No win rates judged by {_esc(judge)}.</p>'
+    cells = []
+    for r in rows:
+        if not isinstance(r, Mapping):
+            continue
+        ci = r.get("win_rate_ci")
+        ci_txt = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "–"
+        cells.append([_esc(r.get("a", "?")), _esc(r.get("b", "?")), fmt(r.get("win_rate")), ci_txt, fmt(r.get("n"))])
+    return f"<h3>Judged by {_esc(judge)}</h3>" + _table(["policy A", "policy B", "A wins", "95% CI", "n"], cells)
+
+
+def _training_plots(rows: Sequence[Mapping]) -> str:
+    keys = sorted({k for r in rows for k, v in r.items() if k != "step" and _num(v) is not None})
+    if not keys:
+        return '<p class="note">metrics.jsonl has no numeric metrics.</p>'
+
+    def series(key):
+        return [(r.get("step", i), r[key]) for i, r in enumerate(rows) if key in r]
+
+    plots, used = [], set()
+    for title, wanted in MAIN_PLOTS:
+        present = [k for k in wanted if k in keys]
+        used.update(present)
+        if present:
+            plots.append(line_plot_svg({k: series(k) for k in present}, title=title))
+        else:
+            plots.append(f'<p class="note">{_esc(title)}: not logged ({_esc(", ".join(wanted))}).</p>')
+    other = "".join(line_plot_svg({k: series(k)}, title=k, width=300, height=180) for k in keys if k not in used)
+    return f'<div class="grid">{"".join(plots)}</div><h3>All other metrics</h3><div class="grid">{other or "–"}</div>'
+
+
+def _summary_section(se: Mapping) -> str:
+    policies = se.get("policies")
+    if not isinstance(policies, Mapping) or not policies:
+        return '<p class="note">summary_eval.json has no "policies".</p>'
+    rows = [[_esc(name)] + [fmt(st.get(k)) if isinstance(st, Mapping) else "–" for k, _ in SUMMARY_COLUMNS]
+            for name, st in policies.items()]
+    y_key = next((k for k in ("rougeLsum", "rougeL", "rouge1")
+                  if any(isinstance(s, Mapping) and _num(s.get(k)) is not None for s in policies.values())), None)
+    scatter = '<p class="note">No ROUGE (no references), so no novelty-vs-ROUGE plot.</p>'
+    if y_key:
+        pts = [(n, s.get("novel_2grams"), s.get(y_key)) for n, s in policies.items() if isinstance(s, Mapping)]
+        scatter = scatter_svg(pts, title="Novelty vs. ROUGE", xlabel="novel bigrams (%)", ylabel=f"{y_key} F1")
+    info = f"task: {_esc(se.get('task', '?'))}, documents: {fmt(se.get('n_documents'))}"
+    return f"<p>{info}</p>" + _table(["policy"] + [c for _, c in SUMMARY_COLUMNS], rows) + scatter
+
+
+def _response_cell(name: str, response: str, query: str, extras: Mapping) -> str:
+    in_resp, _ = copy_ranges(response, query)
+    n_bigrams = max(len(words(query)) - 1, 0)
+    strip = copy_strip_svg(n_bigrams, [c for c, _ in bigram_lcs(query, response)], label=f"{name}: copied positions")
+    stats = [f"copied {fmt(copied_pct(response, query))}%", f"novel bigrams {fmt(novel_ngram_pct(response, query, 2))}%"]
+    stats += [f"{_esc(k)} {fmt(v)}" for k, v in extras.items()]
+    return (f'<div class="resp"><h4>{_esc(name)}</h4><p class="text">{highlight(response, in_resp)}</p>'
+            f'<p class="small">{"; ".join(stats)}</p><p class="small">where it copies from '
+            f"(bigram LCS; left = start of the query):</p>{strip}</div>")
+
+
+def _sample(i: int, s: Mapping) -> str:
+    query = str(s.get("query", ""))
+    cells, context_ranges = [], []
+    for name, key in (("reference policy", "ref_response"), ("policy", "policy_response")):
+        response = s.get(key)
+        if not isinstance(response, str):
+            cells.append(f'<div class="resp"><p class="note">no {key}</p></div>')
+            continue
+        extras = {k: v for k, v in s.items() if k.startswith(key.split("_")[0]) and _num(v) is not None}
+        cells.append(_response_cell(name, response, query, extras))
+        if key == "policy_response":
+            context_ranges = copy_ranges(response, query)[1]
+    shared = {k: v for k, v in s.items() if _num(v) is not None and not k.startswith(("ref", "policy"))}
+    shared_txt = "; ".join(f"{_esc(k)} {fmt(v)}" for k, v in shared.items())
+    return (f'<div class="sample"><h3>Sample {i}</h3><p class="small">{shared_txt}</p>'
+            f"<details><summary>query (spans the policy copied are marked)</summary>"
+            f'<p class="text">{highlight(query, context_ranges)}</p></details>'
+            f'<div class="pair">{"".join(cells)}</div></div>')
+
+
+# ---------------------------------------------------------------- page
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 12px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}.note{color:#a15c00;font-style:italic}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.pair{display:flex;gap:16px}.resp{flex:1;min-width:0}
+.text{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:6px}
+mark{background:#ffe08a}.small{font-size:12px;color:#555}.sample{border-top:1px solid #ddd;margin-top:14px}
+svg .t{font-size:13px;font-weight:600}svg .l{font-size:11px}svg .k{font-size:10px}
+svg .frame{fill:none;stroke:#999}svg .strip{fill:#e8e8e8}svg .tick{fill:#d62728}
+"""
+
+
+def _read_json(path: Path, notes: list[str]):
+    if not path.exists():
+        notes.append(f"{path.name} not found.")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        notes.append(f"{path.name} could not be read: {e}")
+        return None
+
+
+def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
+    if not path.exists():
+        notes.append(f"{path.name} not found: no training curves.")
+        return []
+    rows, bad = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        notes.append(f"{path.name}: skipped {bad} unreadable line(s).")
+    return rows
+
+
+def render_report(title: str, ev, metrics_rows: Sequence[Mapping], se, notes: Sequence[str]) -> str:
+    """The page's HTML from already-read inputs (None for a missing file)."""
+    notes = list(notes)
+    body = [f"<h1>{_esc(title)}</h1>"]
+    body.append("<h2>Evaluation</h2>")
+    if isinstance(ev, Mapping):
+        missing = [k for k in ("win_rate", "win_rate_ci", "n_comparisons", "mean_reward", "kl") if k not in ev]
+        if missing:
+            notes.append(f"eval.json lacks {', '.join(missing)}.")
+        body.append(_headline(ev))
+    else:
+        body.append('<p class="note">No evaluation (eval.json missing or unreadable).</p>')
+    if isinstance(ev, Mapping) and ("pairwise" in ev or "human_pairwise" in ev):
+        body.append("<h2>Win rates between policies</h2><p class=\"small\">Ties count half.</p>")
+        body.append(_pairwise(ev.get("pairwise"), str(ev.get("judge", "the labeler"))))
+        body.append(_pairwise(ev.get("human_pairwise"), f"people (store run {ev.get('human_run', '?')})"))
+    no_metrics = '<p class="note">No training metrics.</p>'
+    body.append("<h2>Training</h2>" + (_training_plots(metrics_rows) if metrics_rows else no_metrics))
+    body.append("<h2>Summaries: ROUGE, novelty, copying</h2>")
+    no_summary = '<p class="note">No summary_eval.json (not a summarization run, or not evaluated).</p>'
+    body.append(_summary_section(se) if isinstance(se, Mapping) else no_summary)
+    samples = ev.get("samples") if isinstance(ev, Mapping) else None
+    body.append("<h2>Samples</h2>")
+    if isinstance(samples, list) and samples:
+        body.append(f'<p class="small">Showing {min(len(samples), MAX_SAMPLES)} of {len(samples)}. '
+                    "Marked: runs of 3+ words copied verbatim from the query.</p>")
+        body += [_sample(i, s) for i, s in enumerate(samples[:MAX_SAMPLES]) if isinstance(s, Mapping)]
+    else:
+        body.append('<p class="note">No samples in eval.json.</p>')
+    if notes:
+        body.insert(1, '<div class="note"><b>Notes:</b><ul>' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """Write `run_dir/report.html` (or `out_path`) from the run's files; return its path."""
+    run_dir = Path(run_dir)
+    notes: list[str] = []
+    ev = _read_json(run_dir / "eval.json", notes)
+    rows = _read_metrics(run_dir / "metrics.jsonl", notes)
+    se = _read_json(run_dir / "summary_eval.json", notes) if (run_dir / "summary_eval.json").exists() else None
+    page = render_report(f"lmpref run: {run_dir.resolve().name}", ev, rows, se, notes)
+    out = Path(out_path) if out_path else run_dir / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,210 @@
+"""Reward model: best-of-K loss, label files, normalisation and the training loop.
+
+Shapes: B labels, K responses per label (variable; padded with a mask), N = flattened sequences, T tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmpref.config import RewardConfig
+from lmpref.io import DataError, read_json_or_jsonl
+from lmpref.sampling import pad_left
+
+
+def best_of_k_loss(rewards: torch.Tensor, best: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of the labeled-best response among the K rewards (paper eq. 1).
+    rewards (B, K), best (B,), mask (B, K) True where a response exists (K=2 is the pairwise case)."""
+    if mask is not None:
+        rewards = rewards.masked_fill(~mask, float("-inf"))
+    return F.cross_entropy(rewards, best)
+
+
+@dataclass
+class Label:
+    query_ids: list[int]
+    response_ids: list[list[int]]
+    best: int
+
+
+def _ids(tokenizer, rec, key_ids, key_text, where):
+    if key_ids in rec:
+        return rec[key_ids]
+    if key_text in rec:
+        val = rec[key_text]
+        if isinstance(val, list):
+            return [tokenizer.encode(v, add_special_tokens=False) for v in val]
+        return tokenizer.encode(val, add_special_tokens=False)
+    raise DataError(f"{where}: missing {key_text!r} (or {key_ids!r})")
+
+
+def read_labels(path: str | Path, tokenizer) -> list[Label]:
+    """Best-of-K labels from our JSONL ({query, responses, best} with optional token ids) or from
+    OpenAI's released files ({query: ids, sample0..sample3: ids, best}; GPT-2 token ids). Ties are
+    skipped: the loss has nothing to learn from "all equally good"."""
+    vocab = len(tokenizer)
+    labels = []
+    for lineno, rec in read_json_or_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "sample0" in rec:  # OpenAI's schema
+            keys = sorted((k for k in rec if k.startswith("sample") and k[6:].isdigit()), key=lambda k: int(k[6:]))
+            query, responses = rec.get("query"), [rec[k] for k in keys]
+        else:
+            query = _ids(tokenizer, rec, "query_ids", "query", where)
+            responses = _ids(tokenizer, rec, "response_ids", "responses", where)
+        if rec.get("tie"):
+            continue
+        best = rec.get("best")
+        if not isinstance(query, list) or not all(isinstance(t, int) for t in query):
+            raise DataError(f"{where}: 'query' must be text or a list of token ids")
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise DataError(f"{where}: needs at least 2 responses to compare")
+        if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best < len(responses):
+            raise DataError(f"{where}: 'best' must be an integer index in [0, {len(responses)}), got {best!r}")
+        for r in [query, *responses]:
+            if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in r):
+                raise DataError(f"{where}: token ids out of range for this tokenizer (vocab {vocab}); OpenAI's files need a GPT-2 tokenizer")
+        labels.append(Label(query, responses, best))
+    if not labels:
+        raise DataError(f"{path}: no usable labels (empty file, or only ties)")
+    return labels
+
+
+def batch_sequences(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """(query ids, response ids) pairs -> left-padded queries + right-padded responses:
+    ids (N, T), mask (N, T), index of each sequence's last response token (N,)."""
+    q_ids, q_mask = pad_left([q for q, _ in pairs], pad_id)
+    rlen = max(max(len(r) for _, r in pairs), 1)
+    r_ids = torch.full((len(pairs), rlen), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((len(pairs), rlen), dtype=torch.long)
+    for i, (_, r) in enumerate(pairs):
+        r_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        r_mask[i, : len(r)] = 1
+    last = torch.tensor([q_ids.shape[1] + max(len(r), 1) - 1 for _, r in pairs])
+    return torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), last
+
+
+def score_pairs(rm, pairs, pad_id: int, batch_size: int = 32, raw: bool = False, desc: str | None = None) -> torch.Tensor:
+    """Rewards (N,) of (query ids, response ids) pairs, in batches, without gradients."""
+    out = []
+    device = next(rm.parameters()).device
+    it = range(0, len(pairs), batch_size)
+    with torch.no_grad():
+        for s in tqdm(it, desc=desc, unit="batch", disable=desc is None):
+            ids, mask, last = batch_sequences(pairs[s : s + batch_size], pad_id)
+            fn = rm.raw if raw else rm
+            out.append(fn(ids.to(device), mask.to(device), last.to(device)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def normalize(rm, pairs, pad_id: int, batch_size: int = 32) -> dict:
+    """Set gain and bias so rewards on the reference model's samples have mean 0 and std 1."""
+    raw = score_pairs(rm, pairs, pad_id, batch_size, raw=True, desc="normalising reward")
+    mean, std = raw.mean().item(), raw.std().item()
+    gain = 1.0 / max(std, 1e-6)
+    rm.set_normalization(gain, -mean * gain)
+    return {"raw_mean": mean, "raw_std": std, "gain": gain, "bias": -mean * gain}
+
+
+def label_rewards(rm, labels: list[Label], pad_id: int):
+    """(B, K) rewards with a mask, for a list of labels, with gradients."""
+    kmax = max(len(l.response_ids) for l in labels)
+    pairs, index = [], []
+    for b, l in enumerate(labels):
+        for k, r in enumerate(l.response_ids):
+            pairs.append((l.query_ids, r))
+            index.append((b, k))
+    device = next(rm.parameters()).device
+    ids, mask, last = batch_sequences(pairs, pad_id)
+    flat = rm(ids.to(device), mask.to(device), last.to(device))  # (N,)
+    rewards = torch.zeros(len(labels), kmax, device=device)
+    present = torch.zeros(len(labels), kmax, dtype=torch.bool, device=device)
+    b_idx = torch.tensor([b for b, _ in index], device=device)
+    k_idx = torch.tensor([k for _, k in index], device=device)
+    rewards = rewards.index_put((b_idx, k_idx), flat)
+    present[b_idx, k_idx] = True
+    return rewards, present  # (B, K), (B, K)
+
+
+def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8) -> float:
+    """Share of labels where the reward model ranks the labeled-best response first."""
+    if not labels:
+        return float("nan")
+    hits = 0
+    with torch.no_grad():
+        for s in range(0, len(labels), batch_size):
+            chunk = labels[s : s + batch_size]
+            rewards, present = label_rewards(rm, chunk, pad_id)
+            pred = rewards.masked_fill(~present, float("-inf")).argmax(-1).cpu()
+            hits += sum(int(p == l.best) for p, l in zip(pred.tolist(), chunk))
+    return hits / len(labels)
+
+
+def split_labels(labels: list[Label], holdout_fraction: float, seed: int) -> tuple[list[Label], list[Label]]:
+    order = list(range(len(labels)))
+    random.Random(f"rm-split-{seed}").shuffle(order)
+    n_eval = int(round(len(labels) * holdout_fraction))
+    return [labels[i] for i in order[n_eval:]], [labels[i] for i in order[:n_eval]]
+
+
+def train_reward(rm, labels: list[Label], norm_pairs, cfg: RewardConfig, *, pad_id: int, seed: int, log=None) -> dict:
+    """Normalise, train on best-of-K choices for `cfg.epochs`, normalise again; returns metrics.
+
+    One visible loop: shuffle, batch, loss, step. The learning rate decays linearly to 0."""
+    torch.manual_seed(seed)
+    train, heldout = split_labels(labels, cfg.holdout_fraction, seed)
+    if not train:
+        raise DataError("no labels left for training after the hold-out split; collect more labels or lower reward.holdout_fraction")
+    metrics = {"n_train": len(train), "n_heldout": len(heldout)}
+    metrics["norm_before"] = normalize(rm, norm_pairs, pad_id)
+    metrics["accuracy_before"] = accuracy(rm, heldout, pad_id)
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    rng = random.Random(f"rm-shuffle-{seed}")
+    rm.train()
+    step = 0
+    bar = tqdm(total=steps, desc="training reward model", unit="step")
+    for epoch in range(cfg.epochs):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            batch = [train[i] for i in order[s : s + cfg.batch_size]]
+            rewards, present = label_rewards(rm, batch, pad_id)  # (B, K)
+            best = torch.tensor([l.best for l in batch], device=rewards.device)
+            loss = best_of_k_loss(rewards, best, present)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                acc = (rewards.masked_fill(~present, float("-inf")).argmax(-1) == best).float().mean().item()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log:
+                log({"step": step, "epoch": epoch, "reward/loss": loss.item(), "reward/train_accuracy": acc, "reward/lr": sched.get_last_lr()[0]})
+    bar.close()
+    rm.eval()
+    metrics["accuracy_after"] = accuracy(rm, heldout, pad_id)
+    metrics["norm_after"] = normalize(rm, norm_pairs, pad_id)
+    metrics["chance"] = (sum(1 / len(l.response_ids) for l in heldout) / len(heldout)) if heldout else float("nan")
+    return metrics
+
+
+def norm_pairs_from_records(records: list[dict], n: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Reference-model samples (query ids, cut response ids) for normalisation, valid or not: the
+    reward model sees every sample the policy will make."""
+    pairs = [(r["query_ids"], ids) for r in records for ids in r["response_ids"]]
+    random.Random(f"norm-{seed}").shuffle(pairs)
+    if not pairs:
+        raise DataError("no reference samples to normalise the reward model on")
+    return pairs[:n]

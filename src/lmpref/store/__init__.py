@@ -1,0 +1,79 @@
+"""The label store: runs, comparison tasks, labels, labelers, quality control, Andon.
+
+Every function takes a SQLAlchemy `Session` first and keyword-only arguments after it, and
+leaves committing to the caller (`with transaction(factory) as session: ...`). Nothing here
+imports torch: the labeling server must start in a second on a machine without the ML stack.
+
+    factory = open_store("sqlite:///lmpref.db")   # runs migrations
+    with transaction(factory) as session:
+        enqueue(session, run="sentiment", records=read_jsonl("samples.jsonl"), batch="round-0")
+"""
+
+from lmpref.store.andon import clear_andon, must_stop, open_andon_events, pull_andon, recent_andon_events
+from lmpref.store.db import DEFAULT_URL, default_url, make_engine, open_store, transaction, upgrade
+from lmpref.store.enqueue import EnqueueResult, enqueue, ensure_run, get_run, list_runs, read_jsonl, valid_samples
+from lmpref.store.errors import Conflict, Invalid, NotFound, StoreError
+from lmpref.store.export import FORMATS, export_records, labeled, write_jsonl
+from lmpref.store.labelers import (
+    authenticate,
+    create_labeler,
+    get_labeler,
+    list_labelers,
+    rotate_token,
+    server_secret,
+    set_active,
+)
+from lmpref.store.models import AndonEvent, Assignment, Label, Labeler, Run, Task
+from lmpref.store.quality import LabelerQuality, QualityReport, quality_report
+from lmpref.store.queue import Progress, Served, next_task, progress, save_label, skip_task
+
+__all__ = [
+    "DEFAULT_URL",
+    "FORMATS",
+    "AndonEvent",
+    "Assignment",
+    "Conflict",
+    "EnqueueResult",
+    "Invalid",
+    "Label",
+    "Labeler",
+    "LabelerQuality",
+    "NotFound",
+    "Progress",
+    "QualityReport",
+    "Run",
+    "Served",
+    "StoreError",
+    "Task",
+    "authenticate",
+    "clear_andon",
+    "create_labeler",
+    "default_url",
+    "enqueue",
+    "ensure_run",
+    "export_records",
+    "get_labeler",
+    "get_run",
+    "labeled",
+    "list_labelers",
+    "list_runs",
+    "make_engine",
+    "must_stop",
+    "next_task",
+    "open_andon_events",
+    "open_store",
+    "progress",
+    "pull_andon",
+    "quality_report",
+    "read_jsonl",
+    "recent_andon_events",
+    "rotate_token",
+    "save_label",
+    "server_secret",
+    "set_active",
+    "skip_task",
+    "transaction",
+    "upgrade",
+    "valid_samples",
+    "write_jsonl",
+]

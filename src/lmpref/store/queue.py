@@ -1,0 +1,237 @@
+"""Serving tasks to labelers and saving their labels.
+
+Positions vs slots: a task's samples have a canonical order (slots, see
+`enqueue.valid_samples`); each labeler sees them shuffled. `Assignment.order[position]` is the
+slot shown at `position`. Labelers answer in positions; the store keeps slots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lmpref.store.enqueue import get_run, valid_samples
+from lmpref.store.errors import Conflict, Invalid, NotFound
+from lmpref.store.models import Assignment, GoldTask, Label, Labeler, Run, Sample, Task, utcnow
+
+# An open assignment stops counting against a task's redundancy after this long, so a task
+# abandoned in a closed tab goes back to the queue.
+LEASE = dt.timedelta(minutes=15)
+MAX_NOTE = 10_000  # characters of a critique, correction or flag reason
+
+
+@dataclass
+class Served:
+    """A task as one labeler sees it."""
+
+    assignment: Assignment
+    task: Task
+    run: str
+    samples: list[Sample]  # in display order (position 0 first)
+
+
+def _served(session: Session, assignment: Assignment) -> Served:
+    task = assignment.task
+    slots = valid_samples(task.query)
+    run = session.get(Run, task.run_id)
+    return Served(assignment=assignment, task=task, run=run.name, samples=[slots[s] for s in assignment.order])
+
+
+def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
+    """Filter: normal tasks of the run this labeler has not seen and that still need labels."""
+    n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
+    n_open = (
+        select(func.count(Assignment.id))
+        .where(Assignment.task_id == Task.id, Assignment.status == "open", Assignment.served_at > now - lease)
+        .scalar_subquery()
+    )
+    seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler_id)
+    is_gold = exists().where(GoldTask.task_id == Task.id)
+    return (Task.run_id == run_id, ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
+
+
+def next_task(
+    session: Session, *, labeler: Labeler, run: str | None = None, lease: dt.timedelta = LEASE
+) -> Served | None:
+    """The labeler's open task, else a new one (oldest first, gold mixed in), else None.
+
+    Concurrency: we lock the labeler row, then the run row (always in that order, so no
+    deadlocks) before choosing, so two labelers never take the last free slot of a task and
+    one labeler's double click returns the same task. SQLite gets the same from BEGIN IMMEDIATE.
+    """
+    session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
+    runs = [get_run(session, name=run)] if run else list(session.scalars(select(Run).order_by(Run.id)))
+    open_q = select(Assignment).where(Assignment.labeler_id == labeler.id, Assignment.status == "open")
+    if run:
+        open_q = open_q.join(Task).where(Task.run_id == runs[0].id)
+    current = session.scalars(open_q.order_by(Assignment.id).limit(1)).first()
+    if current is not None:
+        return _served(session, current)
+
+    now = utcnow()
+    for run_row in runs:
+        session.execute(select(Run.id).where(Run.id == run_row.id).with_for_update())
+        task = session.scalars(
+            select(Task).where(*_available(labeler.id, run_row.id, now, lease)).order_by(Task.id).limit(1)
+        ).first()
+        if task is None:
+            continue  # nothing to label here; gold alone would waste the labeler's time
+        n_seen = session.scalar(
+            select(func.count(Assignment.id)).join(Task).where(
+                Assignment.labeler_id == labeler.id, Task.run_id == run_row.id
+            )
+        )
+        # Seeded by (labeler, count) so the mix is reproducible yet not guessable from the page.
+        rng = random.Random(f"gold:{labeler.id}:{n_seen}")
+        if run_row.gold_rate > 0 and rng.random() < run_row.gold_rate:
+            seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
+            gold_ids = list(
+                session.scalars(select(Task.id).join(GoldTask).where(Task.run_id == run_row.id, ~seen))
+            )
+            if gold_ids:
+                task = session.get(Task, rng.choice(sorted(gold_ids)))
+        k = len(valid_samples(task.query))
+        order = list(range(k))
+        random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
+        assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now)
+        session.add(assignment)
+        session.flush()
+        return _served(session, assignment)
+    return None
+
+
+def _assignment(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:
+    assignment = session.scalar(
+        select(Assignment).where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id)
+    )
+    if assignment is None:
+        # Same answer for "no such task" and "not yours": labelers cannot probe others' tasks.
+        raise NotFound(f"task {task_id} is not assigned to you")
+    return assignment
+
+
+def _text(value: str | None, field: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if len(value) > MAX_NOTE:
+        raise Invalid(f"{field} is longer than {MAX_NOTE} characters")
+    return value
+
+
+def save_label(
+    session: Session,
+    *,
+    labeler: Labeler,
+    task_id: int,
+    best: int | None = None,
+    tie: bool = False,
+    ranking: list[int] | None = None,
+    critique: str | None = None,
+    correction: str | None = None,
+    flag: str | None = None,
+    min_seconds: float = 0.0,
+) -> Label:
+    """Store a labeler's answer, given in display positions; exactly once per task and labeler.
+
+    One of: `best` (the position chosen), `tie=True` (all equally good or bad; the reward
+    loss skips these), or only `flag` (a reason the task is broken). A label faster than
+    `min_seconds` is kept but marked `too_fast` and left out of exports by default.
+    """
+    assignment = _assignment(session, labeler=labeler, task_id=task_id)
+    if assignment.status == "done":
+        raise Conflict(f"task {task_id} is already labeled")
+    if assignment.status == "skipped":
+        raise Conflict(f"task {task_id} was skipped")
+    k = len(assignment.order)
+    flag = _text(flag, "flag")
+    if best is not None and tie:
+        raise Invalid("give either best or tie, not both")
+    if best is None and not tie and flag is None:
+        raise Invalid("give best, tie or a flag reason")
+    if best is not None and not 0 <= best < k:
+        raise Invalid(f"best must be a position 0-{k - 1}")
+    if ranking is not None:
+        if sorted(ranking) != list(range(k)):
+            raise Invalid(f"ranking must list each position 0-{k - 1} once")
+        if best is None or ranking[0] != best:
+            raise Invalid("ranking must start with best")
+    now = utcnow()
+    seconds = (now - assignment.served_at).total_seconds()
+    label = Label(
+        task_id=task_id,
+        labeler_id=labeler.id,
+        assignment_id=assignment.id,
+        best=None if best is None else assignment.order[best],
+        tie=tie,
+        ranking=None if ranking is None else [assignment.order[p] for p in ranking],
+        seconds=seconds,
+        critique=_text(critique, "critique"),
+        correction=_text(correction, "correction"),
+        flag=flag,
+        too_fast=seconds < min_seconds,
+        created_at=now,
+    )
+    try:
+        # A savepoint, so a lost race (unique constraint) leaves the session usable.
+        with session.begin_nested():
+            session.add(label)
+            assignment.status = "done"
+            assignment.closed_at = now
+    except IntegrityError:
+        raise Conflict(f"task {task_id} is already labeled") from None
+    return label
+
+
+def skip_task(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:
+    """Give the task back; this labeler will not see it again, others may."""
+    assignment = _assignment(session, labeler=labeler, task_id=task_id)
+    if assignment.status != "open":
+        raise Conflict(f"task {task_id} is already {'labeled' if assignment.status == 'done' else 'skipped'}")
+    assignment.status = "skipped"
+    assignment.closed_at = utcnow()
+    return assignment
+
+
+@dataclass
+class Progress:
+    run: str
+    batch: str | None
+    tasks: int  # comparison tasks, gold excluded
+    gold_tasks: int
+    labels: int  # labels on non-gold tasks
+    complete: int  # tasks with at least `redundancy` labels
+    queue_depth: int  # labels still wanted
+
+
+def progress(session: Session, *, run: str, batch: str | None = None) -> Progress:
+    """How far labeling of a run (or one of its batches) is; the experiment loop polls this."""
+    run_row = get_run(session, name=run)
+    n_labels = (
+        select(Label.task_id, func.count(Label.id).label("n")).group_by(Label.task_id).subquery()
+    )
+    is_gold = exists().where(GoldTask.task_id == Task.id)
+    q = (
+        select(Task.redundancy, func.coalesce(n_labels.c.n, 0), is_gold)
+        .outerjoin(n_labels, n_labels.c.task_id == Task.id)
+        .where(Task.run_id == run_row.id)
+    )
+    if batch is not None:
+        batch_id = next((b.id for b in run_row.batches if b.name == batch), None)
+        if batch_id is None:
+            raise NotFound(f"run {run!r} has no batch {batch!r}")
+        q = q.where(Task.batch_id == batch_id)
+    p = Progress(run=run, batch=batch, tasks=0, gold_tasks=0, labels=0, complete=0, queue_depth=0)
+    for redundancy, n, gold in session.execute(q):
+        if gold:
+            p.gold_tasks += 1
+            continue
+        p.tasks += 1
+        p.labels += n
+        p.complete += n >= redundancy
+        p.queue_depth += max(0, redundancy - n)
+    return p

@@ -1,0 +1,178 @@
+"""The JSON API: everything the pages do, for scripts and programmatic labelers.
+
+Auth is `Authorization: Bearer <token>`. Any labeler may label, skip and pull the Andon
+cord; the rest is for admins. Store errors become 404 / 409 / 422 in `app.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy import select
+
+from lmpref import store
+from lmpref.store import Label
+from lmpref.web.schemas import (
+    AndonClear,
+    AndonCreate,
+    AndonPublic,
+    AndonStatus,
+    EnqueueCreate,
+    EnqueuePublic,
+    LabelCreate,
+    LabelerCreate,
+    LabelerCreated,
+    LabelerPublic,
+    LabelPublic,
+    ProgressPublic,
+    QualityPublic,
+    RunPublic,
+    SkipPublic,
+    TaskPublic,
+)
+from lmpref.web.security import ApiAdmin, ApiLabeler, SessionDep
+from lmpref.web.views import andon_public, label_public, progress_public, quality_public, task_public
+
+router = APIRouter(prefix="/api")
+# Ids fit a 32-bit INTEGER column on every backend; larger ones are a 422, not a driver error.
+Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid token"},
+    403: {"description": "Admins only"},
+    404: {"description": "Unknown run, task or event"},
+    409: {"description": "Conflicts with stored state (e.g. already labeled)"},
+    422: {"description": "Invalid input"},
+}
+
+
+@router.get("/me", response_model=LabelerPublic, tags=["labeling"], responses=ERRORS)
+def me(labeler: ApiLabeler) -> LabelerPublic:
+    return LabelerPublic.model_validate(labeler, from_attributes=True)
+
+
+@router.get(
+    "/tasks/next",
+    response_model=TaskPublic,
+    tags=["labeling"],
+    responses={**ERRORS, 204: {"description": "Nothing to label now"}},
+)
+def next_task(
+    labeler: ApiLabeler, session: SessionDep, run: Annotated[str | None, Query(max_length=128)] = None
+) -> Any:
+    """Your open task, or a new one. Asking again returns the same task until you answer it."""
+    served = store.next_task(session, labeler=labeler, run=run)
+    return Response(status_code=204) if served is None else task_public(served)
+
+
+@router.post("/tasks/{task_id}/label", response_model=LabelPublic, status_code=201, tags=["labeling"], responses=ERRORS)
+def label_task(task_id: Id, body: LabelCreate, labeler: ApiLabeler, session: SessionDep, request: Request) -> LabelPublic:
+    """Answer a task you were served; positions are those of `GET /api/tasks/next`."""
+    label = store.save_label(
+        session, labeler=labeler, task_id=task_id, min_seconds=request.app.state.settings.min_seconds, **body.model_dump()
+    )
+    session.flush()
+    return label_public(label)
+
+
+@router.post("/tasks/{task_id}/skip", response_model=SkipPublic, tags=["labeling"], responses=ERRORS)
+def skip_task(task_id: Id, labeler: ApiLabeler, session: SessionDep) -> SkipPublic:
+    assignment = store.skip_task(session, labeler=labeler, task_id=task_id)
+    return SkipPublic(task_id=task_id, status=assignment.status)
+
+
+@router.get("/labels", response_model=list[LabelPublic], tags=["labeling"], responses=ERRORS)
+def my_labels(
+    labeler: ApiLabeler, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[LabelPublic]:
+    """Your own labels, newest first (never anyone else's)."""
+    q = select(Label).where(Label.labeler_id == labeler.id).order_by(Label.id.desc()).limit(limit)
+    return [label_public(label) for label in session.scalars(q)]
+
+
+@router.post("/andon", response_model=AndonPublic, status_code=201, tags=["andon"], responses=ERRORS)
+def pull_andon(body: AndonCreate, labeler: ApiLabeler, session: SessionDep) -> AndonPublic:
+    """Stop training of `run` (or of every run); any labeler may pull, only admins clear."""
+    event = store.pull_andon(session, reason=body.reason, run=body.run, labeler=labeler)
+    return andon_public(event)
+
+
+@router.get("/runs/{run}/andon", response_model=AndonStatus, tags=["andon"], responses=ERRORS)
+def andon_status(run: str, labeler: ApiLabeler, session: SessionDep) -> AndonStatus:
+    """What a training process polls between updates: it must not step while `stop` is true."""
+    events = [andon_public(e) for e in store.open_andon_events(session, run=run)]
+    return AndonStatus(run=run, stop=bool(events), events=events)
+
+
+@router.get("/andon", response_model=list[AndonPublic], tags=["andon"], responses=ERRORS)
+def recent_andon(admin: ApiAdmin, session: SessionDep) -> list[AndonPublic]:
+    return [andon_public(e) for e in store.recent_andon_events(session)]
+
+
+@router.post("/andon/{event_id}/clear", response_model=AndonPublic, tags=["andon"], responses=ERRORS)
+def clear_andon(event_id: Id, body: AndonClear, admin: ApiAdmin, session: SessionDep) -> AndonPublic:
+    return andon_public(store.clear_andon(session, event_id=event_id, labeler=admin, note=body.note))
+
+
+@router.get("/runs", response_model=list[RunPublic], tags=["runs"], responses=ERRORS)
+def runs(admin: ApiAdmin, session: SessionDep) -> list[RunPublic]:
+    return [
+        RunPublic(
+            name=r.name,
+            gold_rate=r.gold_rate,
+            batches=[b.name for b in r.batches],
+            progress=progress_public(store.progress(session, run=r.name)),
+        )
+        for r in store.list_runs(session)
+    ]
+
+
+@router.get("/runs/{run}/progress", response_model=ProgressPublic, tags=["runs"], responses=ERRORS)
+def run_progress(
+    run: str, admin: ApiAdmin, session: SessionDep, batch: Annotated[str | None, Query(max_length=128)] = None
+) -> ProgressPublic:
+    return progress_public(store.progress(session, run=run, batch=batch))
+
+
+@router.post("/runs/{run}/enqueue", response_model=EnqueuePublic, tags=["runs"], responses=ERRORS)
+def enqueue(run: str, body: EnqueueCreate, admin: ApiAdmin, session: SessionDep) -> EnqueuePublic:
+    """Add sampling-JSONL records as tasks; re-sending a record id to the same batch is a no-op."""
+    records = [r.model_dump(exclude_none=True) for r in body.records]
+    result = store.enqueue(session, run=run, records=records, **body.model_dump(exclude={"records"}))
+    return EnqueuePublic.model_validate(result, from_attributes=True)
+
+
+@router.get("/runs/{run}/labels", response_model=list[dict[str, Any]], tags=["runs"], responses=ERRORS)
+def export_labels(
+    run: str,
+    admin: ApiAdmin,
+    session: SessionDep,
+    format: Annotated[str, Query(pattern="^(bestofk|openai|pairwise)$")] = "bestofk",
+    batch: Annotated[str | None, Query(max_length=128)] = None,
+    include_fast: bool = False,
+    include_gold: bool = False,
+) -> list[dict[str, Any]]:
+    """The run's labels in an export format (see docs/labeling.md)."""
+    return list(
+        store.export_records(
+            session, run=run, fmt=format, batch=batch, include_fast=include_fast, include_gold=include_gold
+        )
+    )
+
+
+@router.get("/quality", response_model=QualityPublic, tags=["runs"], responses=ERRORS)
+def quality(
+    admin: ApiAdmin, session: SessionDep, run: Annotated[str | None, Query(max_length=128)] = None
+) -> QualityPublic:
+    return quality_public(store.quality_report(session, run=run))
+
+
+@router.get("/labelers", response_model=list[LabelerPublic], tags=["labelers"], responses=ERRORS)
+def labelers(admin: ApiAdmin, session: SessionDep) -> list[LabelerPublic]:
+    return [LabelerPublic.model_validate(x, from_attributes=True) for x in store.list_labelers(session)]
+
+
+@router.post("/labelers", response_model=LabelerCreated, status_code=201, tags=["labelers"], responses=ERRORS)
+def add_labeler(body: LabelerCreate, admin: ApiAdmin, session: SessionDep) -> LabelerCreated:
+    labeler, token = store.create_labeler(session, name=body.name, role=body.role)
+    return LabelerCreated(name=labeler.name, role=labeler.role, active=True, created_at=labeler.created_at, token=token)

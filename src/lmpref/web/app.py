@@ -1,0 +1,149 @@
+"""`create_app(settings)`: the labeling server. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lmpref import store
+from lmpref.web import api, pages
+from lmpref.web.security import LoginRequired, Signer
+from lmpref.web.settings import Settings
+
+HERE = Path(__file__).parent
+STATUS = {store.NotFound: 404, store.Conflict: 409, store.Invalid: 422}
+# No inline script or style anywhere, so a strict policy costs nothing and stops injected JS.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class LimitBody:
+    """413 for bodies over `limit` bytes, checked before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # chunked bodies carry no content-length
+                raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class LimitConcurrency:
+    """Admission control: at most `limit` requests past this point at once.
+
+    A request runs its sync dependencies and handler in worker threads one after another,
+    holding a pooled connection (and, on SQLite, the write lock) in between. If every worker
+    thread were taken by requests waiting for that connection or lock, the holder could not
+    get a thread to finish: a deadlock until timeouts. Fewer requests in flight than threads
+    and connections rules that out; the rest wait here, in the event loop, costing nothing.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+            return await self.app(scope, receive, send)
+        async with self.slots:
+            await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response (plain ASGI: BaseHTTPMiddleware costs ms)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    sessions = store.open_store(settings.db_url)  # runs migrations
+    with store.transaction(sessions) as session:
+        secret = settings.secret or store.server_secret(session)
+
+    app = FastAPI(
+        title="lmpref labeling server",
+        version="1",
+        description="Best-of-K comparisons for reward-model training (Ziegler et al. 2019). "
+        "Authenticate with `Authorization: Bearer <token>` from `lmpref labelers add`.",
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.signer = Signer(secret)
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.exception_handler(store.StoreError)
+    async def store_error(request: Request, err: store.StoreError) -> Response:
+        status = next((code for cls, code in STATUS.items() if isinstance(err, cls)), 400)
+        if _wants_html(request):
+            return pages.render(request, "error.html", status_code=status, status=status, detail=str(err))
+        return JSONResponse({"detail": str(err)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if _wants_html(request) and err.status_code >= 400:
+            return pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+        return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> Response:
+        if _wants_html(request):
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
+            return pages.render(request, "error.html", status_code=422, status=422, detail=detail)
+        return await request_validation_exception_handler(request, err)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, err: LoginRequired) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(LimitConcurrency, limit=settings.max_concurrency)
+    app.add_middleware(LimitBody, limit=settings.max_body_bytes)
+    return app

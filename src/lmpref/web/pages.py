@@ -1,0 +1,195 @@
+"""Server-rendered pages: login, compare, admin. Forms post here and call the store.
+
+Every POST checks the form's CSRF token before doing anything. Redirects after a POST
+(303) so a reload never resubmits a label.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, HTTPException, Path, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func, select
+
+from lmpref import store
+from lmpref.store import Label, Task
+from lmpref.store.models import utcnow
+from lmpref.web.copying import segments
+from lmpref.web.security import LOGIN_COOKIE, SESSION_COOKIE, PageAdmin, PageLabeler, SessionDep
+from lmpref.web.views import andon_public, quality_public, task_public
+
+router = APIRouter(include_in_schema=False)
+Text = Annotated[str, Form(max_length=10_000)]
+Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
+MESSAGES = {
+    "andon": "Andon cord pulled: training will stop until an admin clears it.",
+    "cleared": "Andon event cleared.",
+    "labeled": "Saved.",
+    "skipped": "Skipped.",
+}
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
+    context.setdefault("message", MESSAGES.get(request.query_params.get("msg", "")))
+    return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _cookie(request: Request, response: Response, key: str, value: str, max_age: int) -> None:
+    secure = request.app.state.settings.secure_cookies
+    response.set_cookie(key, value, max_age=max_age, httponly=True, samesite="strict", secure=secure, path="/")
+
+
+def _local(path: str) -> str:
+    """Only same-site paths, so a form cannot bounce a labeler to another site."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/compare"
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/compare", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(24)
+    response = render(request, "login.html", csrf=nonce, error=None)
+    _cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600)
+    return response
+
+
+@router.post("/login")
+def login(request: Request, session: SessionDep, token: Text, csrf: Text) -> Response:
+    if not hmac.compare_digest(csrf.encode(), request.cookies.get(LOGIN_COOKIE, "").encode()):
+        raise HTTPException(403, "the login form is stale; reload it")
+    labeler = store.authenticate(session, token=token.strip())
+    if labeler is None:
+        nonce = secrets.token_urlsafe(24)
+        response = render(request, "login.html", status_code=401, csrf=nonce, error="That token is not valid.")
+        _cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600)
+        return response
+    response = RedirectResponse("/admin" if labeler.role == "admin" else "/compare", status_code=303)
+    hours = request.app.state.settings.session_hours
+    _cookie(request, response, SESSION_COOKIE, request.app.state.signer.session_value(labeler), int(hours * 3600))
+    response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+@router.post("/logout")
+def logout(user: PageLabeler, csrf: Text) -> RedirectResponse:
+    user.check_csrf(csrf)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/compare")
+def compare(request: Request, user: PageLabeler, session: SessionDep, run: str | None = None) -> HTMLResponse:
+    served = store.next_task(session, labeler=user.labeler, run=run or None)
+    done = session.scalar(select(func.count(Label.id)).where(Label.labeler_id == user.labeler.id))
+    if served is None:
+        return render(request, "empty.html", user=user, run=run, done=done, andon_run=run)
+    task = task_public(served)
+    samples = [(s, segments(s.text, s.copied_spans)) for s in task.samples]
+    depth = store.progress(session, run=served.run).queue_depth
+    elapsed = int((utcnow() - served.assignment.served_at).total_seconds())
+    return render(
+        request,
+        "compare.html",
+        user=user,
+        task=task,
+        samples=samples,
+        done=done,
+        depth=depth,
+        run=run,
+        elapsed=elapsed,
+        andon_run=served.run,
+    )
+
+
+@router.post("/compare/{task_id}")
+def answer(
+    task_id: Id,
+    request: Request,
+    user: PageLabeler,
+    session: SessionDep,
+    csrf: Text,
+    action: Annotated[str, Form(pattern="^(choose|tie|skip|flag)$")] = "choose",
+    best: Annotated[int | None, Form(ge=0, lt=16)] = None,
+    critique: Text = "",
+    correction: Text = "",
+    flag: Text = "",
+    run: Annotated[str, Form(max_length=128)] = "",
+) -> RedirectResponse:
+    user.check_csrf(csrf)
+    if action == "skip":
+        store.skip_task(session, labeler=user.labeler, task_id=task_id)
+    else:
+        store.save_label(
+            session,
+            labeler=user.labeler,
+            task_id=task_id,
+            best=best if action == "choose" else None,
+            tie=action == "tie",
+            critique=critique,
+            correction=correction,
+            flag=flag if action == "flag" or flag else None,
+            min_seconds=request.app.state.settings.min_seconds,
+        )
+    msg = "skipped" if action == "skip" else "labeled"
+    query = {"msg": msg, "run": run} if run else {"msg": msg}
+    return RedirectResponse("/compare?" + urlencode(query), status_code=303)
+
+
+@router.post("/andon")
+def pull_andon(
+    user: PageLabeler,
+    session: SessionDep,
+    csrf: Text,
+    reason: Annotated[str, Form(max_length=2000)],
+    run: Annotated[str, Form(max_length=128)] = "",
+    back: Annotated[str, Form(max_length=500)] = "/compare",
+) -> RedirectResponse:
+    user.check_csrf(csrf)
+    store.pull_andon(session, reason=reason, run=run or None, labeler=user.labeler)
+    path = _local(back)
+    return RedirectResponse(path + ("&" if "?" in path else "?") + "msg=andon", status_code=303)
+
+
+@router.get("/admin")
+def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | None = None) -> HTMLResponse:
+    report = quality_public(store.quality_report(session, run=run or None))
+    events = [andon_public(e) for e in store.recent_andon_events(session)]
+    open_events = [e for e in events if e.cleared_at is None]
+    runs = [r.name for r in store.list_runs(session)]
+    flags = session.execute(
+        select(Label.task_id, Label.flag, Label.created_at).where(Label.flag.is_not(None)).order_by(Label.id.desc()).limit(20)
+    ).all()
+    fast = session.scalar(select(func.count(Label.id)).join(Task).where(Label.too_fast.is_(True)))
+    return render(
+        request,
+        "admin.html",
+        user=user,
+        report=report,
+        events=events,
+        open_events=open_events,
+        runs=runs,
+        run=run,
+        andon_run=run,
+        flags=flags,
+        fast=fast,
+        labelers=store.list_labelers(session),
+        min_seconds=request.app.state.settings.min_seconds,
+    )
+
+
+@router.post("/admin/andon/{event_id}/clear")
+def clear_andon(
+    event_id: Id, user: PageAdmin, session: SessionDep, csrf: Text, note: Annotated[str, Form(max_length=2000)] = ""
+) -> RedirectResponse:
+    user.check_csrf(csrf)
+    store.clear_andon(session, event_id=event_id, labeler=user.labeler, note=note)
+    return RedirectResponse("/admin?msg=cleared", status_code=303)

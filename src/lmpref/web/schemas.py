@@ -1,0 +1,176 @@
+"""Request (…Create) and response (…Public) bodies of the JSON API.
+
+Bounds here are the first line of validation; the store checks the same things again
+because it is also called without the web layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmpref.store.enqueue import MAX_TEXT
+from lmpref.store.queue import MAX_NOTE
+
+MAX_K = 16
+Note = Field(default=None, max_length=MAX_NOTE)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelerCreate(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    role: Literal["labeler", "admin"] = "labeler"
+
+
+class LabelerPublic(BaseModel):
+    name: str
+    role: str
+    active: bool
+    created_at: dt.datetime
+
+
+class LabelerCreated(LabelerPublic):
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class SamplePublic(BaseModel):
+    position: int = Field(description="What to send back as `best`; samples are shuffled per labeler.")
+    text: str
+    copied_fraction: float = Field(description="Share of the words copied verbatim from the context.")
+    copied_spans: list[tuple[int, int]] = Field(description="[start, end) character ranges copied from the context.")
+
+
+class TaskPublic(BaseModel):
+    task_id: int
+    run: str
+    context: str
+    samples: list[SamplePublic]
+    served_at: dt.datetime
+
+
+class LabelCreate(Strict):
+    """One of: `best`, `tie: true`, or only a `flag` reason."""
+
+    best: int | None = Field(default=None, ge=0, lt=MAX_K, description="Position of the best sample.")
+    tie: bool = Field(default=False, description="All samples equally good or bad; the reward loss skips it.")
+    ranking: list[int] | None = Field(default=None, max_length=MAX_K, description="Positions, best to worst.")
+    critique: str | None = Note
+    correction: str | None = Note
+    flag: str | None = Note
+
+
+class LabelPublic(BaseModel):
+    id: int
+    task_id: int
+    best: int | None = Field(description="Position chosen, as it was shown to this labeler.")
+    tie: bool
+    seconds: float
+    too_fast: bool
+    flag: str | None
+    created_at: dt.datetime
+
+
+class SkipPublic(BaseModel):
+    task_id: int
+    status: str
+
+
+class AndonCreate(Strict):
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="Why training should stop.")
+    run: str | None = Field(default=None, max_length=128, description="None stops every run.")
+
+
+class AndonClear(Strict):
+    note: str = Field(default="", max_length=2000)
+
+
+class AndonPublic(BaseModel):
+    id: int
+    run: str | None
+    reason: str
+    pulled_by: str | None
+    pulled_at: dt.datetime
+    cleared_at: dt.datetime | None
+    cleared_by: str | None
+    clear_note: str | None
+
+
+class AndonStatus(BaseModel):
+    run: str
+    stop: bool = Field(description="True while any event below is open: training must not step.")
+    events: list[AndonPublic]
+
+
+class ProgressPublic(BaseModel):
+    run: str
+    batch: str | None
+    tasks: int
+    gold_tasks: int
+    labels: int
+    complete: int
+    queue_depth: int
+
+
+class RunPublic(BaseModel):
+    name: str
+    gold_rate: float
+    batches: list[str]
+    progress: ProgressPublic
+
+
+class SamplingRecord(BaseModel):
+    """One line of the sampling JSONL written by `lmpref sample`; other keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=128)
+    query: str = Field(max_length=MAX_TEXT)
+    query_ids: list[int] | None = None
+    responses: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(min_length=1, max_length=MAX_K)
+    response_ids: list[list[int] | None] | None = Field(default=None, max_length=MAX_K)
+    valid: list[bool] | None = Field(default=None, max_length=MAX_K, description="False: never shown.")
+    policy: str = Field(default="", max_length=256)
+    policies: list[str] | None = Field(default=None, max_length=MAX_K, description="Per-response policy ids.")
+    best: int | None = Field(default=None, ge=0, lt=MAX_K, description="Gold records only: the right response.")
+
+
+class EnqueueCreate(Strict):
+    records: list[SamplingRecord] = Field(max_length=5000, description="Sampling-JSONL records.")
+    batch: str = Field(default="default", min_length=1, max_length=128)
+    redundancy: int = Field(default=1, ge=1, le=100)
+    gold: bool = False
+    gold_rate: float | None = Field(default=None, ge=0, lt=1)
+
+
+class EnqueuePublic(BaseModel):
+    run: str
+    batch: str
+    created: int
+    existing: int
+    too_few_valid: int
+
+
+class LabelerQualityPublic(BaseModel):
+    name: str
+    labels: int
+    gold_answered: int
+    gold_accuracy: float | None
+    agreement_pairs: int
+    agreement: float | None
+    labels_per_hour: float | None
+    median_seconds: float | None
+    too_fast: int
+    flagged: int
+    skipped: int
+
+
+class QualityPublic(BaseModel):
+    run: str | None
+    alpha: float | None = Field(description="Krippendorff's alpha (nominal) over tasks with 2+ answers.")
+    alpha_units: int
+    labelers: list[LabelerQualityPublic]
+    queues: list[ProgressPublic]

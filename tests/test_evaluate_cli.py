@@ -1,0 +1,120 @@
+"""Evaluation: win rates between policies (labeler and people), the label-store round trip, and a
+tiny CNN/DM run through the CLI whose report renders in Chromium."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lmpref.labelers import make_labeler
+from lmpref.pipeline import comparison_records, human_win_rates, pairwise_win_rates
+
+QUERY = "Article:\n\nThe cat sat on the mat. It was happy.\n\nTL;DR:"
+
+
+def test_pairwise_win_rates_judge_every_pair_on_the_same_queries():
+    responses = {
+        "copier": [(" The cat sat on the mat.", True), (" The cat sat.", True)],
+        "writer": [(" A feline rested.", True), (" The cat sat on the mat.", True)],
+        "broken": [(" The cat sat on the mat.", False), (" x", False)],
+    }
+    rows = pairwise_win_rates(make_labeler("copy-start"), [QUERY, QUERY], responses, [None, None])
+    by = {(r["a"], r["b"]): r for r in rows}
+    assert list(by) == [("copier", "writer"), ("copier", "broken"), ("writer", "broken")]
+    assert by["copier", "writer"]["win_rate"] == 0.75  # a win, then a tie (both copy fully from the start)
+    assert by["copier", "broken"]["win_rate"] == 1.0  # invalid responses lose
+    assert by["copier", "writer"]["n"] == 2 and by["copier", "writer"]["win_rate_ci"][0] < 0.75
+
+
+def test_comparison_records_skip_invalid_and_name_the_policies():
+    rows = [{"id": "q1", "query": "Q", "reference": "R", "a_response": "A", "a_valid": True, "b_response": "B", "b_valid": True},
+            {"id": "q2", "query": "Q", "reference": None, "a_response": "A", "a_valid": True, "b_response": "B", "b_valid": False}]
+    recs = comparison_records(rows, [("a", "b")], seed=0)
+    assert len(recs) == 1 and recs[0]["id"] == "q1:a|b" and recs[0]["reference"] == "R"
+    assert sorted(recs[0]["policies"]) == ["a", "b"]
+    assert recs[0]["responses"] == [{"a": "A", "b": "B"}[p] for p in recs[0]["policies"]]
+
+
+def test_human_win_rates_tally_by_policy_whatever_the_order():
+    labels = [{"policies": ["rl", "sft"], "best": 0, "tie": False},
+              {"policies": ["sft", "rl"], "best": 1, "tie": False},
+              {"policies": ["sft", "rl"], "best": 0, "tie": False},
+              {"policies": ["sft", "rl"], "best": -1, "tie": True}]
+    (row,) = human_win_rates(labels)
+    assert (row["a"], row["b"], row["n"]) == ("rl", "sft", 4)
+    assert row["win_rate"] == pytest.approx(2.5 / 4)
+
+
+def test_enqueue_and_read_back_people_through_the_store(tmp_path):
+    from lmpref import store
+    from lmpref.pipeline import step_enqueue_comparisons, step_read_human
+
+    samples = tmp_path / "eval_samples.jsonl"
+    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,
+             "ref_response": f"R{i}", "ref_valid": True} for i in range(3)]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    result = step_enqueue_comparisons(samples, db=db, run="eval-x", batch="eval", pairs=None, seed=0)
+    assert result.created == 3
+    factory = store.open_store(db)
+    with store.transaction(factory) as session:
+        person, _ = store.create_labeler(session, name="ann")
+    for _ in range(3):  # ann always prefers the policy's summary
+        with store.transaction(factory) as session:
+            person = store.get_labeler(session, name="ann")
+            served = store.next_task(session, labeler=person, run="eval-x")
+            best = [s.policy for s in served.samples].index("policy")  # a display position
+            store.save_label(session, labeler=person, task_id=served.task.id, best=best)
+    (row,) = step_read_human(db=db, run="eval-x", eval_path=tmp_path / "eval.json")
+    assert (row["a"], row["b"], row["n"], row["win_rate"]) == ("policy", "ref", 3, 1.0)
+    assert json.loads((tmp_path / "eval.json").read_text())["human_pairwise"] == [row]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
+    """The whole summarization path through the CLI on tiny-gpt2 (a few CPU minutes)."""
+    from lmpref.cli import main
+
+    run = tmp_path / "run"
+    small = ["--preset", "cnndm", "--scale", "tiny", "--run-dir", str(run), "--set", "sample.num_queries=4",
+             "--set", "ppo.total_episodes=8", "--set", "eval.num_queries=4", "--set", "reward.holdout_fraction=0.5"]
+    assert main(["run", *small]) == 0
+    assert main(["sft", *small, "--set", "sft.eval_pairs=4", "--set", "task.holdout_fraction=0.9", "--out", str(run / "sft")]) == 0
+    assert main(["evaluate", *small, "--policy", str(run / "policy"), "--reward-model", str(run / "reward_model"),
+                 "--compare", f"sft={run / 'sft'}", "--out", str(run / "eval.json")]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    for key in ("win_rate", "win_rate_ci", "n_comparisons", "wins", "losses", "ties", "mean_reward", "labeler_score",
+                "valid_fraction", "kl", "samples"):
+        assert key in ev
+    assert {(r["a"], r["b"]) for r in ev["pairwise"]} >= {("policy", "sft"), ("ref", "lead-3"), ("lead-3", "reference")}
+    se = json.loads((run / "summary_eval.json").read_text())
+    assert set(se["policies"]) == {"lead-3", "policy", "ref", "sft", "reference"}
+    assert se["policies"]["lead-3"]["copies_from_start"] == 100.0 and se["policies"]["reference"]["rouge1"] == pytest.approx(100)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Win rates between policies" in page and "Novelty vs. ROUGE" in page
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing on CI")
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto((run / "report.html").as_uri())
+            sizes = page.evaluate("[...document.querySelectorAll('svg')].map(s => {const r = s.getBoundingClientRect();"
+                                  " return [r.width, r.height]})")
+            png = page.screenshot(full_page=True)
+        finally:
+            browser.close()
+    assert len(sizes) >= 5 and all(w > 0 and h > 0 for w, h in sizes)  # training plots, scatter, copy strips
+    image = pytest.importorskip("PIL.Image").open(io.BytesIO(png)).convert("L")
+    assert image.getextrema()[1] - image.getextrema()[0] > 100
+    assert sum(image.histogram()[:128]) > 0.002 * image.width * image.height

@@ -1,0 +1,89 @@
+"""Tiny-model runs that assert learning happened: PPO raises a programmatic reward with KL near its
+target; a reward model trained on synthetic best-of-K labels beats chance on held-out labels."""
+
+import random
+
+import pytest
+import torch
+
+from lmpref.config import make_config
+from lmpref.models import PolicyWithValue, RewardModel, load_tokenizer
+from lmpref.ppo import train_policy
+from lmpref.reward import Label, accuracy, train_reward
+from lmpref.tasks import Query
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny-gpt2")
+
+
+class _IdTokenizer:
+    pad_token_id = 0
+
+
+def _small_vocab_policy(vocab: int):
+    """A random GPT-2 over a 16-token vocabulary: the policy can reach the reward's optimum in a few
+    dozen updates, so the test shows learning in seconds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return PolicyWithValue(GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, n_positions=64)))
+
+
+def test_ppo_raises_reward_with_kl_near_target():
+    torch.manual_seed(0)
+    vocab = 16
+    cfg = make_config("test", "tiny", {"ppo.total_episodes": 32 * 30, "ppo.batch_size": 32, "ppo.minibatches": 2,
+                                       "ppo.lr": 3e-3, "ppo.kl_coef": 0.05, "ppo.kl_target": 3.0, "ppo.kl_horizon": 500,
+                                       "task.query_length": 6})
+    policy = _small_vocab_policy(vocab)
+    ref = PolicyWithValue(policy.lm.__class__(policy.lm.config)).eval().requires_grad_(False)
+    ref.lm.load_state_dict(policy.lm.state_dict())
+    before = [p.detach().clone() for p in policy.parameters()]
+    R = cfg.task.response_length
+
+    def reward_fn(ids, mask, last_index):  # share of low-id response tokens, centred: (B,)
+        return (ids[:, -R:] < vocab // 2).float().mean(1) * 2 - 1
+
+    rng = random.Random(0)
+    queries = [Query(id=str(i), text="", ids=[rng.randrange(1, vocab) for _ in range(6)]) for i in range(64)]
+    stats = []
+    train_policy(policy, ref, reward_fn, _IdTokenizer(), lambda update, n: rng.sample(queries, n), cfg.ppo, cfg.task,
+                 seed=0, device=torch.device("cpu"), log=stats.append)
+    scores = [s["objective/scores"] for s in stats]
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 0.3, f"reward did not rise: {scores}"
+    kl_last = sum(s["objective/kl"] for s in stats[-5:]) / 5
+    assert 0.5 < kl_last < 2 * cfg.ppo.kl_target, f"KL {kl_last:.2f} far from target {cfg.ppo.kl_target}"
+    assert stats[-1]["objective/kl_coef"] != cfg.ppo.kl_coef  # the adaptive controller acted
+    changed = [not torch.equal(a, b) for a, b in zip(before, policy.parameters())]
+    assert all(changed), "every trainable parameter (value head included) should have moved"
+
+
+def test_reward_model_beats_chance_on_synthetic_labels(tok):
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    good, bad = list(range(1000, 1010)), list(range(2000, 2010))
+
+    def response():
+        return [rng.choice(good if rng.random() < rng.random() else bad) for _ in range(6)]
+
+    labels = []
+    for i in range(320):
+        responses = [response() for _ in range(4)]
+        counts = [sum(t in good for t in r) for r in responses]
+        if counts.count(max(counts)) > 1:
+            continue  # keep labels with a clear best
+        labels.append(Label([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
+    cfg = make_config("test", "tiny", {"reward.lr": 1e-3, "reward.epochs": 4, "reward.batch_size": 8, "reward.holdout_fraction": 0.2})
+    rm = RewardModel.from_lm("tiny-gpt2")
+    norm_pairs = [(l.query_ids, r) for l in labels[:16] for r in l.response_ids]
+    m = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=0)
+    assert m["chance"] == pytest.approx(0.25)
+    assert m["accuracy_after"] > 0.5 > m["accuracy_before"], m
+    # normalised after training: mean 0, std 1 on the normalisation samples
+    from lmpref.reward import score_pairs
+
+    r = score_pairs(rm, norm_pairs, tok.pad_token_id)
+    assert abs(r.mean().item()) < 1e-4 and abs(r.std().item() - 1) < 1e-3
+    assert accuracy(rm, labels[:40], tok.pad_token_id) > 0.5

@@ -1,0 +1,151 @@
+"""Real Chromium (Debian's, driven by Playwright) against `lmpref serve` on loopback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from web_store_fixtures import CHROMIUM, _free_port, record, skip_or_fail, wait_for_port
+
+import lmpref
+from lmpref import store
+
+pytestmark = pytest.mark.browser
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SERVE = (
+    "import argparse, sys\n"
+    "from lmpref.web.commands import register\n"
+    "p = argparse.ArgumentParser(); register(p.add_subparsers())\n"
+    "args = p.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """`lmpref serve` in a subprocess on a store with an admin, a labeler and a few tasks."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'labels.db'}"
+    factory = store.open_store(db)
+    with store.transaction(factory) as session:
+        tokens = {name: store.create_labeler(session, name=name, role=role)[1]
+                  for name, role in (("boss", "admin"), ("ann", "labeler"))}
+        records = [record(i) for i in range(8)]
+        # A sample that copies the query, for the highlighting check.
+        records[0]["responses"][1] = "He wrote that the quick brown fox jumps over it."
+        store.enqueue(session, run="demo", records=records)
+    port = _free_port()
+    src = str(Path(next(iter(lmpref.__path__))).parent)
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "--db", db, "--port", str(port), "--min-seconds", "0", "--log-level", "warning"],
+        env=env,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}", tokens, factory
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("the playwright package is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _login(browser, base, token):
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(15_000)
+    page.goto(base + "/compare")
+    assert page.url.endswith("/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    return page
+
+
+def _labels(factory):
+    with store.transaction(factory) as session:
+        return list(store.export_records(session, run="demo", include_fast=True))
+
+
+def test_label_with_the_keyboard_see_copying_and_pull_the_cord(live, browser, tmp_path):
+    base, tokens, factory = live
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+
+    # Copy highlighting: off by default, `c` turns it on; the copied share is shown.
+    mark = page.locator("mark.copied").first
+    assert mark.inner_text() == "the quick brown fox jumps over"
+    assert mark.evaluate("m => getComputedStyle(m).backgroundColor") == "rgba(0, 0, 0, 0)"
+    page.keyboard.press("c")
+    assert mark.evaluate("m => getComputedStyle(m).backgroundColor") == "rgb(255, 216, 107)"
+    assert page.locator(".copied-pct", has_text="60% copied").count() == 1
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+    # Key 2 chooses the sample shown second.
+    second = page.locator("#sample-2 .sample-text").inner_text()
+    with page.expect_navigation():
+        page.keyboard.press("2")
+    assert "Saved." in page.content()
+    (label,) = _labels(factory)
+    assert label["responses"][label["best"]] == second
+
+    with page.expect_navigation():
+        page.keyboard.press("t")
+    assert _labels(factory)[-1]["tie"] is True
+    with page.expect_navigation():
+        page.keyboard.press("s")
+    assert "Skipped." in page.content()
+    page.keyboard.press("f")
+    assert page.evaluate("document.activeElement.id") == "flag"
+    page.keyboard.type("the query is garbled")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert len(_labels(factory)) == 2  # a bare flag is not a training label
+
+    # A double click stores one label and shows no error.
+    before = len(_labels(factory))
+    with page.expect_navigation():
+        page.locator("#sample-1 button.choose").dblclick()
+    assert "Error" not in page.title()
+    assert len(_labels(factory)) == before + 1
+
+    # The Andon cord, from the labeler's page.
+    page.click("#andon summary")
+    page.fill("#andon-reason", "samples praise violence")
+    with page.expect_navigation():
+        page.click("#andon-submit")
+    assert "training will stop" in page.content()
+    with store.transaction(factory) as session:
+        assert store.must_stop(session, run="demo")
+
+    # The admin sees it and clears it.
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    assert admin.locator("#training-stopped").is_visible()
+    assert "samples praise violence" in admin.locator("#andon-status").inner_text()
+    assert admin.locator("#quality tbody tr", has_text="ann").count() == 1
+    with admin.expect_navigation():
+        admin.click("button.clear-andon")
+    assert admin.locator("#training-running").is_visible()
+    with store.transaction(factory) as session:
+        assert not store.must_stop(session, run="demo")
+
+
+def test_labelers_cannot_open_the_admin_page(live, browser):
+    base, tokens, _ = live
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    response = page.goto(base + "/admin")
+    assert response.status == 403
