@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, RewardModel, load_tokenizer
+from lmpref.models import PolicyWithValue, RewardModel, load_causal_lm, load_tokenizer
 from lmpref.ppo import train_policy
 from lmpref.reward import Label, accuracy, train_reward
 from lmpref.tasks import Query
@@ -87,3 +87,12 @@ def test_reward_model_beats_chance_on_synthetic_labels(tok):
     r = score_pairs(rm, norm_pairs, tok.pad_token_id)
     assert abs(r.mean().item()) < 1e-4 and abs(r.std().item() - 1) < 1e-3
     assert accuracy(rm, labels[:40], tok.pad_token_id) > 0.5
+
+
+def test_policy_has_no_dropout_so_the_first_ratio_is_one():
+    policy = PolicyWithValue(load_causal_lm("tiny-gpt2")).train()
+    ids = torch.randint(0, 1000, (2, 10))
+    mask = torch.ones_like(ids)
+    a, _ = policy(ids, mask, 4)
+    b, _ = policy(ids, mask, 4)
+    assert torch.equal(a, b)

@@ -81,7 +81,7 @@ def cmd_train_reward_human(args) -> int:
     m = step_train_reward_human(cfg, out, Path(args.comparisons) if args.comparisons else None, out.with_name(out.name + "_metrics.jsonl"))
     lo, hi = m["accuracy_after_ci"]
     print(f"held-out accuracy on people's comparisons: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
-          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
+          f"(95%% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
     print(f"saved the reward model to {out}")
     return 0
 
@@ -136,7 +136,7 @@ def cmd_evaluate(args) -> int:
         rows = step_read_human(db=args.db, run=store_run, eval_path=out)
         for row in rows:
             lo, hi = row["win_rate_ci"]
-            print(f"  people: {row['a']} over {row['b']}: {row['win_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={row['n']})")
+            print(f"  people: {row['a']} over {row['b']}: {row['win_rate']:.1%} (95%% CI {lo:.1%}-{hi:.1%}, n={row['n']})")
         print(f"{len(rows)} pairs of policies judged by people (store run {store_run!r}) written to {out}")
         return 0
     if not args.policy:
@@ -175,6 +175,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from lmpref.experiment import run_experiment
+
+    if args.mode:
+        args.overrides.append(f"experiment.mode={args.mode}")
+    cfg = _config(args)
+    e = cfg.experiment
+    print(f"[lmpref] {e.mode} experiment {cfg.preset} at scale {cfg.scale}, model {cfg.model.name}, seed {cfg.seed} -> {cfg.resolved_run_dir()}")
+    result = run_experiment(cfg, db=args.db, resume=args.resume)
+    if "stopped" in result:
+        print(f"[lmpref] stopped: {result['stopped']}")
+        return 3
+    print(f"[lmpref] experiment finished: {cfg.resolved_run_dir()}/experiment.json")
+    return 0
+
+
+def cmd_label_worker(args) -> int:
+    import os
+
+    import httpx
+
+    from lmpref.config import ConfigError
+    from lmpref.label_worker import WorkerConfig, run_worker
+
+    token = args.token or os.environ.get("LMPREF_TOKEN")
+    if not token:
+        raise ConfigError("label-worker needs a labeler token: --token or $LMPREF_TOKEN (make one with `lmpref labelers add NAME`)")
+    cfg = WorkerConfig(run=args.run, labeler=args.labeler, temperature=args.temperature, seed=args.seed,
+                       max_labels=args.max_labels, idle_timeout=args.idle_timeout)
+    with httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        run_worker(client, cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmpref", description="Fine-tune language models from human preferences.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step / checkpoint")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("experiment", help="offline / online / batched label collection through the label store, resumable, obeying the Andon cord")
+    _config_args(p)
+    p.add_argument("--mode", choices=["offline", "online", "batched"], help="sets experiment.mode (default: the preset's, else offline)")
+    p.add_argument("--db", help="label store URL (default: $LMPREF_DB or sqlite:///lmpref.db)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment in --run-dir (after a crash, or once an admin cleared the Andon cord)")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("label-worker", help="a programmatic labeler that labels a run through the web app's JSON API, as a person would")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the labeling server (lmpref serve)")
+    p.add_argument("--token", help="labeler token (default: $LMPREF_TOKEN)")
+    p.add_argument("--run", required=True, help="run name in the label store")
+    p.add_argument("--labeler", default="sentiment", help="sentiment | descriptiveness | ... (lmpref.labelers)")
+    p.add_argument("--temperature", type=float, default=0.05, help="Boltzmann noise of the pick (0 = always the top score)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-labels", type=int, default=0, help="exit after this many labels (0 = no limit)")
+    p.add_argument("--idle-timeout", type=float, default=600.0, help="exit after this many seconds with nothing to label")
+    p.set_defaults(func=cmd_label_worker)
 
     p = sub.add_parser("sample", help="sample K continuations per query (sampling JSONL)")
     _config_args(p)
@@ -207,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train_reward)
 
-    p = sub.add_parser("train-reward-human", help="train a reward model on people's TL;DR comparisons; held-out accuracy with a 95% CI")
+    p = sub.add_parser("train-reward-human", help="train a reward model on people's TL;DR comparisons; held-out accuracy with a 95%% CI")
     _config_args(p)
     p.add_argument("--comparisons", help="JSONL of {input_text, candidate_0, candidate_1, choice} (default: the 929 shipped pairs)")
     p.add_argument("--out", required=True)

@@ -179,6 +179,39 @@ class EvalConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    mode: str = "offline"
+    """offline (label rho's samples once) | online (label the current policy while it trains) | batched (rounds: label, wait, retrain, PPO)."""
+    rounds: int = 0
+    """Reward-model trainings over the run; 0 = the mode's default: offline 1, batched 4, online 20 (the paper retrained about 20 times)."""
+    labels: int = 0
+    """Comparisons to collect over the whole run; 0 = sample.num_queries."""
+    schedule_power: float = 0.5
+    """Labels collected by the end of round r of n: labels * ((r + 1) / n) ** power; below 1 front-loads labels, as the paper did."""
+    redundancy: int = 1
+    """Labelers asked per comparison."""
+    validation_share: float = 0.25
+    """Share of comparisons from round 1 on that hold k/2 samples of rho and k/2 of the current policy: the labelers' win rate of the policy."""
+    poll_seconds: float = 5.0
+    """How often the loop looks at the label store while it waits (it sleeps in between)."""
+    reward_guard_margin: float = 0.0
+    """Before PPO the new reward model's held-out accuracy must exceed chance by this (catches a flipped sign); negative turns the guard off."""
+    hacking_win_drop: float = 0.1
+    """Pull the cord when the policy's mean reward rose since the previous round while the labelers' win rate fell by more than this."""
+    min_validation_labels: int = 10
+    """Validation labels a round needs before its win rate is judged by the reward-hacking guard."""
+    kl_guard_factor: float = 3.0
+    """Pull the cord when a PPO update's KL exceeds this times ppo.kl_target; 0 = off."""
+    evaluate: bool = True
+    """Run `evaluate` (win rate vs rho, reward, KL on held-out queries) when the run ends."""
+    store_run: str = ""
+    """Run name in the label store; empty = the run directory's name."""
+
+    def num_rounds(self) -> int:
+        return self.rounds or {"offline": 1, "batched": 4, "online": 20}[self.mode]
+
+
+@dataclass
 class RunConfig:
     preset: str = "sentiment"
     """The preset this config came from."""
@@ -198,6 +231,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.preset}-{self.scale}-seed{self.seed}")
@@ -230,6 +264,17 @@ class RunConfig:
                 raise ConfigError(f"ppo.{name}={getattr(p, name)!r}: use on, off or auto")
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.model.dtype!r}: use float32, bfloat16 or float16")
+        e = self.experiment
+        if e.mode not in ("offline", "online", "batched"):
+            raise ConfigError(f"experiment.mode={e.mode!r}: use offline, online or batched")
+        if e.rounds < 0 or (e.mode == "offline" and e.num_rounds() != 1):
+            raise ConfigError(f"experiment.rounds={e.rounds}: offline mode has exactly 1 round; others need >= 1 (0 = default)")
+        if (e.labels or self.sample.num_queries) < e.num_rounds():
+            raise ConfigError(f"experiment.labels={e.labels or self.sample.num_queries} is fewer than one per round ({e.num_rounds()} rounds)")
+        if not 0 <= e.validation_share < 1 or (e.validation_share and self.sample.k % 2):
+            raise ConfigError("experiment.validation_share must lie in [0, 1), and validation needs an even sample.k (k/2 from rho, k/2 from the policy)")
+        if e.schedule_power <= 0 or e.poll_seconds <= 0 or not 1 <= e.redundancy <= 100:
+            raise ConfigError("experiment.schedule_power and poll_seconds must be > 0 and experiment.redundancy 1-100")
 
 
 def _field_names(cls) -> list[str]:

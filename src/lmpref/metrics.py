@@ -20,22 +20,21 @@ longest common subsequence of bigrams between context and summary). Definitions 
 - Uninformative preamble (`has_uninformative_preamble`): TL;DR posts whose first word is a
   greeting/filler (PREAMBLE_WORDS); CNN/DM articles with a colon in the first three words
   ("EXCLUSIVE: ...", "PICTURED: ..."). On those inputs a smart copier copies but not from the start.
-- Copied spans (`copied_spans`): maximal runs of >= 3 summary words found verbatim in the source,
-  chosen greedily left to right, longest match first (the "extractive fragments" of Grusky et al.
-  2018, Newsroom, §4.1).
+- Copied words (`copied_pct`): the share of summary words inside a run of >= 3 words found
+  verbatim in the source; the rule (and its `\\w+` words) is `lmpref.copying`'s, shared with the
+  compare page and the run report.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+
+from lmpref.copying import MIN_COPIED_WORDS, copied_spans
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 COPY_START_WORDS = 5
-MIN_COPIED_WORDS = 3
 PREAMBLE_WORDS = frozenset({"hi", "hello", "hey", "ok", "okay", "so", "well", "alright", "um"})
 
 # ---------------------------------------------------------------- words and sentences
@@ -235,42 +234,10 @@ def bigram_lcs(context: str, summary: str) -> list[tuple[int, int]]:
     return pairs
 
 
-@dataclass(frozen=True)
-class CopiedSpan:
-    """`length` summary words from word `summary_start` equal the context's from `context_start`."""
-
-    summary_start: int
-    context_start: int
-    length: int
-
-
-def copied_spans(summary: str, context: str, min_words: int = MIN_COPIED_WORDS) -> list[CopiedSpan]:
-    """Maximal verbatim runs of >= min_words summary words found in the context (greedy, l-to-r)."""
-    sw, cw = words(summary), words(context)
-    where = defaultdict(list)
-    for j, w in enumerate(cw):
-        where[w].append(j)
-    spans, i = [], 0
-    while i < len(sw):
-        best_len, best_j = 0, -1
-        for j in where.get(sw[i], ()):
-            length = 0
-            while i + length < len(sw) and j + length < len(cw) and sw[i + length] == cw[j + length]:
-                length += 1
-            if length > best_len:
-                best_len, best_j = length, j
-        if best_len >= min_words:
-            spans.append(CopiedSpan(i, best_j, best_len))
-            i += best_len
-        else:
-            i += 1
-    return spans
-
-
 def copied_pct(summary: str, context: str, min_words: int = MIN_COPIED_WORDS) -> float | None:
-    """% of the summary's words inside copied spans; None for a summary with no words."""
-    n = len(words(summary))
-    return 100 * sum(s.length for s in copied_spans(summary, context, min_words)) / n if n else None
+    """% of the summary's words that are copied (rule in `lmpref.copying`); None without words."""
+    c = copied_spans(summary, context, min_words=min_words)
+    return 100 * c.fraction if c.words else None
 
 
 # ---------------------------------------------------------------- aggregates (summary_eval.json)

@@ -176,12 +176,25 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off everywhere: PPO's ratio π/π_old must be 1 on the first minibatch, and the reward
+    model must score the same text the same way (TRL and lm-human-preference-details do the same;
+    GPT-2 ships with dropout 0.1)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout", "dropout"):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, 0.0)
+    return model
+
+
 class PolicyWithValue(nn.Module):
     """A causal LM with a scalar value head on its trunk (the paper shares the trunk)."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
-        self.lm = lm
+        self.lm = disable_dropout(lm)
         self.value_head = nn.Linear(lm.config.hidden_size, 1)
         # lm-human-preferences initialises the value head to zero (std 0).
         nn.init.zeros_(self.value_head.weight)
@@ -228,7 +241,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, clf: nn.Module):
         super().__init__()
-        self.clf = clf
+        self.clf = disable_dropout(clf)
         self.register_buffer("gain", torch.tensor(float(getattr(clf.config, "lmpref_reward_gain", 1.0))))
         self.register_buffer("bias", torch.tensor(float(getattr(clf.config, "lmpref_reward_bias", 0.0))))
 

@@ -284,6 +284,7 @@ def train_policy(
     if cfg.batch_size % (world * cfg.minibatches):
         raise ValueError(f"ppo.batch_size={cfg.batch_size} must split into {world} processes x {cfg.minibatches} minibatches")
     state = dict(state or {"update": 0, "kl_coef": cfg.kl_coef})
+    state.pop("stopped", None)  # a checkpoint saved on a stop resumes as a running run, or its end would not save the policy
     kl_ctl = AdaptiveKLController(state["kl_coef"], cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
     if optimizer is None:
         optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg)

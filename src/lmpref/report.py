@@ -30,7 +30,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lmpref.metrics import bigram_lcs, copied_pct, copied_spans, novel_ngram_pct, word_spans, words
+from lmpref.copying import copied_spans
+from lmpref.metrics import bigram_lcs, copied_pct, novel_ngram_pct, words
 
 MAX_SAMPLES = 20
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -206,13 +207,9 @@ def highlight(text: str, ranges: Sequence[tuple[int, int]]) -> str:
 
 
 def copy_ranges(response: str, context: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Character ranges of the copied spans (>= 3 words) in the response and in the context."""
-    rw, cw = word_spans(response), word_spans(context)
-    in_response, in_context = [], []
-    for sp in copied_spans(response, context):
-        in_response.append((rw[sp.summary_start][1], rw[sp.summary_start + sp.length - 1][2]))
-        in_context.append((cw[sp.context_start][1], cw[sp.context_start + sp.length - 1][2]))
-    return in_response, in_context
+    """Character ranges of the copied words in the response and of their runs in the context."""
+    c = copied_spans(response, context)
+    return c.spans, c.context_spans
 
 
 # ---------------------------------------------------------------- sections

@@ -1,4 +1,9 @@
-"""Runs, batches and enqueueing sampling records as comparison tasks."""
+"""Runs, batches and enqueueing sampling records as tasks.
+
+A record becomes a comparison task (pick the best of its K >= 2 valid responses), or, when it
+has `"kind": "accuracy"`, an accuracy-rating task of its single response. `kind` stays in
+`Query.extra` with the record's other unmodeled keys (`reference`, `doc_id`, ...).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ class EnqueueResult:
     batch: str
     created: int = 0
     existing: int = 0  # already enqueued (same record id in the same batch): skipped
-    too_few_valid: int = 0  # fewer than 2 valid responses: nothing to compare
+    too_few_valid: int = 0  # fewer than 2 valid responses (1 for a rating): nothing to show
 
 
 def get_run(session: Session, *, name: str) -> Run:
@@ -78,6 +83,10 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def _kind(record: dict[str, Any]) -> str:
+    return "accuracy" if record.get("kind") == "accuracy" else "compare"
+
+
 def _check_record(record: Any, gold: bool) -> None:
     """Fail loudly on a malformed record rather than store half of it."""
     if not isinstance(record, dict):
@@ -98,6 +107,11 @@ def _check_record(record: Any, gold: bool) -> None:
             raise Invalid(f"record {rid}: '{key}' must have one entry per response ({k})")
     if "policies" not in record and not isinstance(record.get("policy", ""), str):
         raise Invalid(f"record {rid}: 'policy' must be a string")
+    if _kind(record) == "accuracy":
+        if k != 1:
+            raise Invalid(f"record {rid}: an accuracy record has exactly one response, not {k}")
+        if gold:
+            raise Invalid(f"record {rid}: gold tasks are comparisons; an accuracy record cannot be gold")
     if gold:
         best = record.get("best")
         valid = record.get("valid", [True] * k)
@@ -115,10 +129,10 @@ def enqueue(
     gold: bool = False,
     gold_rate: float | None = None,
 ) -> EnqueueResult:
-    """Turn sampling-JSONL records into comparison tasks; idempotent per (batch, record id).
+    """Turn sampling-JSONL records into tasks; idempotent per (batch, record id).
 
-    Only responses with `valid` true are ever shown; a record with fewer than two is not
-    enqueued. With `gold=True` each record carries `best` (an index into its `responses`) and
+    Only responses with `valid` true are ever shown; a comparison record with fewer than two
+    (an accuracy record whose one response is invalid) is not enqueued. With `gold=True` each record carries `best` (an index into its `responses`) and
     becomes a gold task, which every labeler may get once, at the run's `gold_rate`.
     """
     if not 1 <= redundancy <= 100:
@@ -137,7 +151,8 @@ def enqueue(
         seen.add(rid)
         k = len(record["responses"])
         valid = [bool(v) for v in record.get("valid", [True] * k)]
-        if sum(valid) < 2:
+        kind = _kind(record)
+        if sum(valid) < (1 if kind == "accuracy" else 2):
             result.too_few_valid += 1
             continue
         policies = record.get("policies") or [record.get("policy", "")] * k
@@ -154,7 +169,7 @@ def enqueue(
             Sample(index=i, text=text, token_ids=response_ids[i], policy=str(policies[i]), valid=valid[i])
             for i, text in enumerate(record["responses"])
         ]
-        task = Task(run_id=run_row.id, batch_id=batch_row.id, query=query, redundancy=redundancy)
+        task = Task(run_id=run_row.id, batch_id=batch_row.id, query=query, redundancy=redundancy, kind=kind)
         if gold:
             # Slots count valid responses only, so map the record's index to its slot.
             task.gold = GoldTask(best=sum(valid[: record["best"]]), note=str(record.get("note", "")))

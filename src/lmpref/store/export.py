@@ -6,6 +6,9 @@
   query and of exactly four samples, plus `best`. Other tasks are left out.
 - `pairwise`: `{"prompt", "chosen", "rejected"}`, one row per (best, other) pair, as TRL's
   reward trainer and HF preference datasets expect.
+- `ratings`: accuracy-rating labels, `{"id", "doc_id", "policy", "query", "response", "rating",
+  "note", "labeler"}`, one row per label. The other formats leave rating tasks out and this one
+  leaves comparisons out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Invalid, NotFound
 from lmpref.store.models import Batch, GoldTask, Label, Query, Task
 
-FORMATS = ("bestofk", "openai", "pairwise")
+FORMATS = ("bestofk", "openai", "pairwise", "ratings")
 
 
 def labeled(
@@ -42,7 +45,7 @@ def labeled(
     q = (
         select(Label, Task)
         .join(Task, Label.task_id == Task.id)
-        .where(Task.run_id == run_id, Label.best.is_not(None) | Label.tie)
+        .where(Task.run_id == run_id, Label.best.is_not(None) | Label.tie | Label.rating.is_not(None))
         .options(selectinload(Label.labeler), selectinload(Task.query).selectinload(Query.samples))
         .order_by(Label.id)
     )
@@ -103,12 +106,31 @@ def pairwise_records(label: Label, task: Task) -> list[dict[str, Any]]:
     ]
 
 
+def rating_record(label: Label, task: Task) -> dict[str, Any]:
+    query = task.query
+    (sample,) = valid_samples(query)
+    return {
+        "id": query.source_id,
+        "doc_id": query.extra.get("doc_id"),
+        "policy": sample.policy,
+        "query": query.text,
+        "response": sample.text,
+        "rating": label.rating,
+        "note": label.critique,
+        "labeler": label.labeler.name,
+    }
+
+
 def export_records(session: Session, *, run: str, fmt: str = "bestofk", **filters: Any) -> Iterator[dict[str, Any]]:
     """Rows of `fmt` for the run's labels; `filters` go to `labeled` (batch, include_fast, include_gold)."""
     if fmt not in FORMATS:
         raise Invalid(f"format must be one of {', '.join(FORMATS)}")
     for label, task in labeled(session, run=run, **filters):
-        if fmt == "bestofk":
+        if (fmt == "ratings") != (task.kind == "accuracy"):
+            continue
+        if fmt == "ratings":
+            yield rating_record(label, task)
+        elif fmt == "bestofk":
             yield bestofk_record(label, task)
         elif fmt == "openai":
             record = openai_record(label, task)

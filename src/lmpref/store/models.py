@@ -11,7 +11,7 @@ The schema is created by the alembic migrations in `migrations/`, never by `crea
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "labeler")
+# What a task asks: "compare" picks the best of K responses (the paper's main task); "accuracy"
+# rates one summary as accurate or not (the paper's authors did this for 30 articles per dataset,
+# Ziegler et al. 2019, section 4.2).
+TASK_KINDS = ("compare", "accuracy")
+Rating = Literal["accurate", "inaccurate", "unsure"]
+RATINGS: tuple[str, ...] = get_args(Rating)
 
 
 def utcnow() -> dt.datetime:
@@ -127,7 +133,8 @@ class Sample(Base):
 
 
 class Task(Base):
-    """A comparison: the query with its valid samples, in `Sample.index` order ("slots")."""
+    """The query with its valid samples, in `Sample.index` order ("slots"): a comparison of
+    K >= 2 of them, or (kind "accuracy") a rating of exactly one."""
 
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -135,6 +142,7 @@ class Task(Base):
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
     query_id: Mapped[int] = mapped_column(ForeignKey("queries.id"), unique=True)
     redundancy: Mapped[int] = mapped_column(Integer, default=1)  # labels wanted
+    kind: Mapped[str] = mapped_column(String(16), default="compare", server_default="compare")  # TASK_KINDS
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     query: Mapped[Query] = relationship()
     gold: Mapped[GoldTask | None] = relationship(back_populates="task")
@@ -176,9 +184,10 @@ class Label(Base):
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), unique=True)
     best: Mapped[int | None] = mapped_column(Integer)  # slot; None for a tie or a bare flag
     tie: Mapped[bool] = mapped_column(Boolean, default=False)
+    rating: Mapped[str | None] = mapped_column(String(16))  # RATINGS; accuracy tasks only
     ranking: Mapped[list[Any] | None] = mapped_column(JSON)  # slots, best to worst
     seconds: Mapped[float] = mapped_column(Float)  # served -> submitted
-    critique: Mapped[str | None] = mapped_column(Text)
+    critique: Mapped[str | None] = mapped_column(Text)  # on an accuracy task: the rating's note
     correction: Mapped[str | None] = mapped_column(Text)
     flag: Mapped[str | None] = mapped_column(Text)  # labeler's reason for flagging the task
     too_fast: Mapped[bool] = mapped_column(Boolean, default=False)  # under the minimum time

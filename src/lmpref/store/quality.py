@@ -108,7 +108,7 @@ def quality_report(session: Session, *, run: str | None = None) -> QualityReport
         seconds[name].append(label.seconds)
         times[name].append(label.created_at)
         if label.best is None and not label.tie:
-            continue  # a bare flag is not an answer
+            continue  # a bare flag is not an answer; an accuracy rating is not a best-of-K one
         answer = TIE if label.tie else label.best
         if gold_best is not None:
             s.gold_answered += 1

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Conflict, Invalid, NotFound
-from lmpref.store.models import Assignment, GoldTask, Label, Labeler, Run, Sample, Task, utcnow
+from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Run, Sample, Task, utcnow
 
 # An open assignment stops counting against a task's redundancy after this long, so a task
 # abandoned in a closed tab goes back to the queue.
@@ -134,13 +134,15 @@ def save_label(
     critique: str | None = None,
     correction: str | None = None,
     flag: str | None = None,
+    rating: str | None = None,
     min_seconds: float = 0.0,
 ) -> Label:
     """Store a labeler's answer, given in display positions; exactly once per task and labeler.
 
-    One of: `best` (the position chosen), `tie=True` (all equally good or bad; the reward
-    loss skips these), or only `flag` (a reason the task is broken). A label faster than
-    `min_seconds` is kept but marked `too_fast` and left out of exports by default.
+    A comparison takes one of: `best` (the position chosen), `tie=True` (all equally good or
+    bad; the reward loss skips these), or only `flag` (a reason the task is broken). An accuracy
+    task takes a `rating` (one of RATINGS; `critique` is its note) or only a `flag`. A label
+    faster than `min_seconds` is kept but marked `too_fast` and left out of exports by default.
     """
     assignment = _assignment(session, labeler=labeler, task_id=task_id)
     if assignment.status == "done":
@@ -149,9 +151,19 @@ def save_label(
         raise Conflict(f"task {task_id} was skipped")
     k = len(assignment.order)
     flag = _text(flag, "flag")
+    critique, correction = _text(critique, "critique"), _text(correction, "correction")
+    if assignment.task.kind == "accuracy":
+        if best is not None or tie or ranking is not None or correction is not None:
+            raise Invalid("an accuracy task takes a rating, not best, tie, ranking or correction")
+        if rating is None and flag is None:
+            raise Invalid(f"give a rating ({', '.join(RATINGS)}) or a flag reason")
+    elif rating is not None:
+        raise Invalid("a comparison task takes best or tie, not a rating")
+    if rating is not None and rating not in RATINGS:
+        raise Invalid(f"rating must be one of {', '.join(RATINGS)}")
     if best is not None and tie:
         raise Invalid("give either best or tie, not both")
-    if best is None and not tie and flag is None:
+    if best is None and not tie and flag is None and rating is None:
         raise Invalid("give best, tie or a flag reason")
     if best is not None and not 0 <= best < k:
         raise Invalid(f"best must be a position 0-{k - 1}")
@@ -168,10 +180,11 @@ def save_label(
         assignment_id=assignment.id,
         best=None if best is None else assignment.order[best],
         tie=tie,
+        rating=rating,
         ranking=None if ranking is None else [assignment.order[p] for p in ranking],
         seconds=seconds,
-        critique=_text(critique, "critique"),
-        correction=_text(correction, "correction"),
+        critique=critique,
+        correction=correction,
         flag=flag,
         too_fast=seconds < min_seconds,
         created_at=now,
@@ -201,7 +214,7 @@ def skip_task(session: Session, *, labeler: Labeler, task_id: int) -> Assignment
 class Progress:
     run: str
     batch: str | None
-    tasks: int  # comparison tasks, gold excluded
+    tasks: int  # comparison and rating tasks, gold excluded
     gold_tasks: int
     labels: int  # labels on non-gold tasks
     complete: int  # tasks with at least `redundancy` labels

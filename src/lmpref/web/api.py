@@ -147,7 +147,7 @@ def export_labels(
     run: str,
     admin: ApiAdmin,
     session: SessionDep,
-    format: Annotated[str, Query(pattern="^(bestofk|openai|pairwise)$")] = "bestofk",
+    format: Annotated[str, Query(pattern=f"^({'|'.join(store.FORMATS)})$")] = "bestofk",
     batch: Annotated[str | None, Query(max_length=128)] = None,
     include_fast: bool = False,
     include_gold: bool = False,

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lmpref import store
-from lmpref.web import api, pages
+from lmpref.web import api, pages, run_status
 from lmpref.web.security import LoginRequired, Signer
 from lmpref.web.settings import Settings
 
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(run_status.router)  # the experiment's status page (issue #5)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(store.StoreError)

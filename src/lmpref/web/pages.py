@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from lmpref import store
 from lmpref.store import Label, Task
-from lmpref.store.models import utcnow
+from lmpref.store.models import RATINGS, utcnow
 from lmpref.web.copying import segments
 from lmpref.web.security import LOGIN_COOKIE, SESSION_COOKIE, PageAdmin, PageLabeler, SessionDep
 from lmpref.web.views import andon_public, quality_public, task_public
@@ -119,6 +119,7 @@ def answer(
     csrf: Text,
     action: Annotated[str, Form(pattern="^(choose|tie|skip|flag)$")] = "choose",
     best: Annotated[int | None, Form(ge=0, lt=16)] = None,
+    rating: Annotated[str | None, Form(pattern=f"^({'|'.join(RATINGS)})$")] = None,
     critique: Text = "",
     correction: Text = "",
     flag: Text = "",
@@ -134,6 +135,7 @@ def answer(
             task_id=task_id,
             best=best if action == "choose" else None,
             tie=action == "tie",
+            rating=rating if action == "choose" else None,
             critique=critique,
             correction=correction,
             flag=flag if action == "flag" or flag else None,

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmpref.store.enqueue import MAX_TEXT
+from lmpref.store.models import Rating
 from lmpref.store.queue import MAX_NOTE
 
 MAX_K = 16
@@ -48,13 +49,17 @@ class SamplePublic(BaseModel):
 class TaskPublic(BaseModel):
     task_id: int
     run: str
+    kind: Literal["compare", "accuracy"] = Field(
+        description="compare: send `best` or `tie`; accuracy: one sample, send a `rating`."
+    )
     context: str
     samples: list[SamplePublic]
     served_at: dt.datetime
 
 
 class LabelCreate(Strict):
-    """One of: `best`, `tie: true`, or only a `flag` reason."""
+    """A comparison: one of `best`, `tie: true`, or only a `flag` reason. An accuracy task:
+    a `rating` (with `critique` as an optional note) or only a `flag` reason."""
 
     best: int | None = Field(default=None, ge=0, lt=MAX_K, description="Position of the best sample.")
     tie: bool = Field(default=False, description="All samples equally good or bad; the reward loss skips it.")
@@ -62,6 +67,7 @@ class LabelCreate(Strict):
     critique: str | None = Note
     correction: str | None = Note
     flag: str | None = Note
+    rating: Rating | None = Field(default=None, description="Accuracy tasks only.")
 
 
 class LabelPublic(BaseModel):
@@ -69,6 +75,7 @@ class LabelPublic(BaseModel):
     task_id: int
     best: int | None = Field(description="Position chosen, as it was shown to this labeler.")
     tie: bool
+    rating: str | None
     seconds: float
     too_fast: bool
     flag: str | None

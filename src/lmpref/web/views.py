@@ -30,6 +30,7 @@ def task_public(served: Served) -> TaskPublic:
     return TaskPublic(
         task_id=served.task.id,
         run=served.run,
+        kind=served.task.kind,
         context=context,
         samples=samples,
         served_at=served.assignment.served_at,
@@ -43,6 +44,7 @@ def label_public(label: Label) -> LabelPublic:
         task_id=label.task_id,
         best=None if label.best is None else order.index(label.best),
         tie=label.tie,
+        rating=label.rating,
         seconds=label.seconds,
         too_fast=label.too_fast,
         flag=label.flag,

@@ -1,4 +1,4 @@
-// Keyboard labeling for the compare page. The page works without this file (plain form
+// Keyboard labeling for the compare page (comparisons and accuracy ratings). The page works without this file (plain form
 // posts); this adds keys, the copy-highlight toggle, the timer and double-submit protection.
 (function () {
   "use strict";
@@ -6,6 +6,8 @@
   if (!form) return;
   const k = Number(form.dataset.k);
   let submitting = false;
+  // Accuracy-rating tasks (one sample): a accurate, i inaccurate, u unsure.
+  const RATING_KEYS = { a: "accurate", i: "inaccurate", u: "unsure" };
 
   function submitWith(button) {
     if (!button || submitting) return;
@@ -47,6 +49,8 @@
     const n = Number(event.key);
     if (Number.isInteger(n) && n >= 1 && n <= k) {
       submitWith(document.querySelector("#sample-" + n + " button.choose"));
+    } else if (form.dataset.kind === "accuracy" && RATING_KEYS[event.key]) {
+      submitWith(document.getElementById("rate-" + RATING_KEYS[event.key]));
     } else if (event.key === "t") {
       submitWith(document.getElementById("tie-button"));
     } else if (event.key === "s") {
