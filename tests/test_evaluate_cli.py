@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmpref.labelers import make_labeler
-from lmpref.pipeline import comparison_records, human_win_rates, pairwise_win_rates
+from lmpref.evaluate import wilson_interval
+from lmpref.pipeline import accuracy_records, comparison_records, human_accuracy, human_win_rates, pairwise_win_rates
 
 QUERY = "Article:\n\nThe cat sat on the mat. It was happy.\n\nTL;DR:"
 
@@ -72,6 +73,58 @@ def test_enqueue_and_read_back_people_through_the_store(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["human_pairwise"] == [row]
 
 
+def test_accuracy_records_take_n_queries_and_every_valid_response():
+    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": "R" if i == 0 else None, "a_response": f"A{i}", "a_valid": True,
+             "b_response": f"B{i}", "b_valid": i != 1} for i in range(3)]
+    recs = accuracy_records(rows, ["a", "b"], n_queries=2, seed=0)
+    assert sorted(r["id"] for r in recs) == ["q0:a", "q0:b", "q1:a"]  # q1's b is invalid, q2 is past N
+    (q0a,) = [r for r in recs if r["id"] == "q0:a"]
+    assert q0a == {"id": "q0:a", "query": "Q0", "responses": ["A0"], "policy": "a", "kind": "accuracy",
+                   "doc_id": "q0", "reference": "R"}
+
+
+def test_human_accuracy_counts_unsure_as_not_accurate():
+    ratings = [{"policy": "rl", "rating": r} for r in ("accurate", "accurate", "inaccurate", "unsure")]
+    acc = human_accuracy(ratings + [{"policy": "sft", "rating": "accurate"}])
+    assert list(acc) == ["rl", "sft"]
+    assert {k: acc["rl"][k] for k in ("accurate", "inaccurate", "unsure", "n", "accurate_share")} == {
+        "accurate": 2, "inaccurate": 1, "unsure": 1, "n": 4, "accurate_share": 0.5}
+    assert acc["rl"]["ci"] == pytest.approx(list(wilson_interval(2, 4)))
+
+
+def test_enqueue_accuracy_and_read_ratings_back_through_the_store(tmp_path, capsys):
+    from lmpref import store
+    from lmpref.cli import main
+    from lmpref.pipeline import step_enqueue_accuracy
+
+    samples = tmp_path / "eval_samples.jsonl"
+    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,
+             "ref_response": f"R{i}", "ref_valid": True} for i in range(5)]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.json").write_text(json.dumps({"win_rate": 0.5}))
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    result = step_enqueue_accuracy(samples, db=db, run="eval-x", batch="eval", n_queries=3, seed=0)
+    assert result.created == 6  # 3 queries x 2 policies
+    factory = store.open_store(db)
+    with store.transaction(factory) as session:
+        store.create_labeler(session, name="ann")
+    for _ in range(6):  # ann finds the policy accurate on q0 and q1 only, the reference always
+        with store.transaction(factory) as session:
+            person = store.get_labeler(session, name="ann")
+            served = store.next_task(session, labeler=person, run="eval-x")
+            (sample,) = served.samples
+            good = sample.policy == "ref" or served.task.query.extra["doc_id"] in ("q0", "q1")
+            store.save_label(session, labeler=person, task_id=served.task.id, rating="accurate" if good else "inaccurate")
+    assert main(["evaluate", "--read-human", "--db", db, "--store-run", "eval-x", "--out", str(tmp_path / "eval.json")]) == 0
+    assert "policy accurate 66.7%" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["win_rate"] == 0.5 and saved["human_pairwise"] == []
+    policy, ref = saved["human_accuracy"]["policy"], saved["human_accuracy"]["ref"]
+    assert (policy["accurate"], policy["inaccurate"], policy["unsure"], policy["n"]) == (2, 1, 0, 3)
+    assert policy["accurate_share"] == pytest.approx(2 / 3) and policy["ci"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert (ref["accurate"], ref["n"], ref["accurate_share"]) == (3, 3, 1.0)
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -87,7 +140,12 @@ def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
     assert main(["run", *small]) == 0
     assert main(["sft", *small, "--set", "sft.eval_pairs=4", "--set", "task.holdout_fraction=0.9", "--out", str(run / "sft")]) == 0
     assert main(["evaluate", *small, "--policy", str(run / "policy"), "--reward-model", str(run / "reward_model"),
-                 "--compare", f"sft={run / 'sft'}", "--out", str(run / "eval.json")]) == 0
+                 "--compare", f"sft={run / 'sft'}", "--out", str(run / "eval.json"),
+                 "--enqueue-accuracy", "2", "--db", f"sqlite:///{tmp_path / 'store.db'}", "--store-run", "acc"]) == 0
+    from lmpref import store
+
+    with store.transaction(store.open_store(f"sqlite:///{tmp_path / 'store.db'}")) as session:
+        assert store.progress(session, run="acc").tasks == 2 * 5  # 2 queries x {policy, ref, sft, lead-3, reference}
     ev = json.loads((run / "eval.json").read_text())
     for key in ("win_rate", "win_rate_ci", "n_comparisons", "wins", "losses", "ties", "mean_reward", "labeler_score",
                 "valid_fraction", "kl", "samples"):

@@ -44,7 +44,8 @@ def _env(monkeypatch):
 class Workers:
     """A labeling server (app) with label-worker threads, each with its own labeler token."""
 
-    def __init__(self, tmp_path: Path, n: int = 1):
+    def __init__(self, tmp_path: Path, n: int = 1, labeler: str = "sentiment", max_labels: int = 0):
+        self.labeler, self.max_labels = labeler, max_labels
         self.db = f"sqlite:///{tmp_path / 'labels.db'}"
         self.app = create_app(Settings(db_url=self.db, min_seconds=0.0))
         with store.transaction(self.app.state.sessions) as session:
@@ -55,7 +56,7 @@ class Workers:
 
     def _work(self, i: int) -> None:
         client = TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[i]}"})
-        cfg = WorkerConfig(run=RUN, seed=i, idle_timeout=240, min_pause=0.05, max_pause=0.5)
+        cfg = WorkerConfig(run=RUN, labeler=self.labeler, max_labels=self.max_labels, seed=i, idle_timeout=240, min_pause=0.05, max_pause=0.5)
         self.counts[i] = run_worker(client, cfg, log=lambda _: None)
 
     def start(self) -> "Workers":
@@ -191,3 +192,89 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
     w.join()
     assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
     assert json.loads((run_dir / "experiment.json").read_text())["finished"]
+
+
+def _labels(w: Workers) -> int:
+    with w.session() as s:
+        return store.progress(s, run=RUN).labels
+
+
+def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_path):
+    """SIGKILL the loop (a subprocess) while sampling, waiting, training the reward model and in
+    PPO; each resume must keep every label, add no task twice and repeat at most one update."""
+    w = Workers(tmp_path)
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "lmpref.cli", "experiment", "--preset", "test", "--scale", "tiny", "--mode", "batched",
+            "--db", w.db, "--run-dir", str(run_dir), "--set", "ppo.total_episodes=64"]  # 4 updates, 2 a round
+    for k, v in {**BASE, "experiment.rounds": 2}.items():
+        argv += ["--set", f"{k}={v}"]
+
+    def loop(kill_at: str | None, resume: bool = True) -> int:
+        env = {**os.environ, "LMPREF_TEST_KILL_AT": kill_at or ""}
+        return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300).returncode
+
+    assert loop("sampled:0", resume=False) == -9  # samples written, nothing enqueued yet
+    assert (run_dir / "rounds/round-000/samples.jsonl").exists() and _batch_tasks(w) == {}
+    assert loop("waiting:0") == -9  # enqueued, no labeler yet
+    assert _batch_tasks(w) == {"round-000": 11}
+    w.start()
+    assert loop("reward:0") == -9  # labeled, reward model trained, killed before its state was saved
+    labels_before = _labels(w)
+    assert labels_before == 11 and (run_dir / "reward_models/round-000/config.json").exists()
+    assert loop("ppo:1") == -9  # round 1: sampled from the policy, labeled, retrained; killed after update 3
+    assert _labels(w) >= labels_before and _batch_tasks(w) == {"round-000": 11, "round-001": 5}
+    assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert loop(None) == 0
+    w.join()
+    steps = Counter(m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl"))
+    assert sorted(steps) == [1, 2, 3, 4] and max(steps.values()) <= 2  # at most one update repeated
+    assert _batch_tasks(w) == {"round-000": 11, "round-001": 5}  # no task twice
+    with w.session() as s:
+        p = store.progress(s, run=RUN)
+        assert p.labels == p.tasks == 16 == sum(w.counts) and p.queue_depth == 0  # every label kept
+    state = json.loads((run_dir / "experiment.json").read_text())
+    assert state["finished"] and state["rounds"][1]["labels"] == 16 and (run_dir / "policy/config.json").exists()
+
+
+def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
+    """Labels come from an oracle that *is* the reward model the loop starts from (same trunk, same
+    seeded head; trained with lr ~0 it stays that model), so the reward model agrees with its
+    labelers. A sign bug negates its gain on save: the guard must stop the run before any PPO."""
+    from lmpref import labelers
+    from lmpref.experiment_guards import heldout_accuracy
+    from lmpref.models import RewardModel, load_tokenizer
+
+    tok = load_tokenizer("tiny-gpt2")
+    torch.manual_seed(0)  # as `pipeline.setup` seeds it before the loop builds its reward model
+    oracle = RewardModel.from_lm("tiny-gpt2").eval()
+
+    class Oracle:
+        name = "oracle"
+
+        def score(self, query, response, *, reference=None):
+            ids = tok.encode(query) + tok.encode(response)
+            with torch.no_grad():
+                return oracle.raw(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(ids) - 1])).item()
+
+    monkeypatch.setitem(labelers.LABELERS, "oracle", Oracle)
+    real = RewardModel.set_normalization
+    monkeypatch.setattr(RewardModel, "set_normalization", lambda self, gain, bias: real(self, -gain, -bias))  # the bug
+    w = Workers(tmp_path, labeler="oracle", max_labels=32).start()  # the run halts: the worker stops at 32
+    cfg = _config(tmp_path, **{"experiment.reward_guard_margin": 0.0, "reward.lr": 1e-12, "sample.num_queries": 32, "experiment.poll_seconds": 0.5})
+    result = run_experiment(cfg, db=w.db)
+    run_dir = cfg.resolved_run_dir()
+    assert "guard:" in result["stopped"] and "flipped" in result["stopped"] and "automatic guard" in result["stopped"]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()  # PPO never started
+    with w.session() as s:
+        (event,) = store.open_andon_events(s, run=RUN)
+        assert event.pulled_by is None and "flipped" in event.reason
+    # Control: the same model with the sign put right beats chance on the same held-out labels.
+    monkeypatch.undo()
+    rm = RewardModel.load(run_dir / "reward_models/round-000")
+    rm.set_normalization(-float(rm.gain), -float(rm.bias))
+    rm.save(tmp_path / "fixed")
+    tok.save_pretrained(tmp_path / "fixed")
+    acc, chance, n = heldout_accuracy(tmp_path / "fixed", run_dir / "rounds/round-000/labels.jsonl", cfg.reward.holdout_fraction, cfg.seed)
+    assert n == 8 and acc > chance + 0.25
+    flipped = json.loads((run_dir / "experiment.json").read_text())["rounds"][0]
+    assert flipped["rm_accuracy"] < flipped["chance"]

@@ -81,7 +81,7 @@ def cmd_train_reward_human(args) -> int:
     m = step_train_reward_human(cfg, out, Path(args.comparisons) if args.comparisons else None, out.with_name(out.name + "_metrics.jsonl"))
     lo, hi = m["accuracy_after_ci"]
     print(f"held-out accuracy on people's comparisons: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
-          f"(95%% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
+          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
     print(f"saved the reward model to {out}")
     return 0
 
@@ -128,7 +128,7 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
 
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
-    from lmpref.pipeline import step_enqueue_comparisons, step_evaluate, step_read_human
+    from lmpref.pipeline import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
 
     out = Path(args.out)
     store_run = args.store_run or f"eval-{out.resolve().parent.name}"
@@ -136,8 +136,11 @@ def cmd_evaluate(args) -> int:
         rows = step_read_human(db=args.db, run=store_run, eval_path=out)
         for row in rows:
             lo, hi = row["win_rate_ci"]
-            print(f"  people: {row['a']} over {row['b']}: {row['win_rate']:.1%} (95%% CI {lo:.1%}-{hi:.1%}, n={row['n']})")
+            print(f"  people: {row['a']} over {row['b']}: {row['win_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={row['n']})")
         print(f"{len(rows)} pairs of policies judged by people (store run {store_run!r}) written to {out}")
+        for name, acc in step_read_accuracy(db=args.db, run=store_run, eval_path=out).items():
+            lo, hi = acc["ci"]
+            print(f"  people: {name} accurate {acc['accurate_share']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={acc['n']})")
         return 0
     if not args.policy:
         raise ConfigError("evaluate needs --policy (or --read-human to read people's labels back)")
@@ -147,6 +150,11 @@ def cmd_evaluate(args) -> int:
         pairs = [tuple(p.split(",", 1)) for p in args.pair] or None
         r = step_enqueue_comparisons(out.with_name("eval_samples.jsonl"), db=args.db, run=store_run, batch=args.batch, pairs=pairs, seed=cfg.seed)
         print(f"enqueued {r.created} comparisons for people in store run {store_run!r}, batch {r.batch!r} "
+              f"({r.existing} already there); read them back with: lmpref evaluate --read-human --store-run {store_run} --out {out}")
+    if args.enqueue_accuracy:
+        r = step_enqueue_accuracy(out.with_name("eval_samples.jsonl"), db=args.db, run=store_run, batch=args.batch,
+                                  n_queries=args.enqueue_accuracy, seed=cfg.seed)
+        print(f"enqueued {r.created} accuracy ratings for people in store run {store_run!r}, batch {r.batch!r} "
               f"({r.existing} already there); read them back with: lmpref evaluate --read-human --store-run {store_run} --out {out}")
     return 0
 
@@ -286,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enqueue", action="store_true", help="also put pairs of responses in the label store for people to judge")
     p.add_argument("--read-human", action="store_true", help="read people's judgements back from the store into --out (no sampling)")
     p.add_argument("--pair", action="append", default=[], metavar="A,B", help="with --enqueue: only these pairs of policies (default: every pair)")
+    p.add_argument("--enqueue-accuracy", type=int, default=0, metavar="N",
+                   help="also put every policy's responses to the first N queries in the label store for people to rate as accurate or not")
     p.add_argument("--db", help="label store URL (default: $LMPREF_DB or sqlite:///lmpref.db)")
     p.add_argument("--store-run", help="run name in the label store (default: eval-<directory of --out>)")
     p.add_argument("--batch", default="eval", help="batch name in the label store (default: eval)")

@@ -38,6 +38,9 @@ def win_rate(labeler: Labeler, pairs: list[dict]) -> dict:
     outcomes = [judge(labeler, p["query"], p["policy_response"], p["policy_valid"], p["ref_response"], p["ref_valid"], p.get("reference")) for p in pairs]
     wins = sum(outcomes)
     lo, hi = wilson_interval(wins, len(outcomes))
+    # The same on the pairs a labeler would actually see (both responses valid): separates "writes
+    # better" from "learned to end a sentence in the window".
+    both = [o for o, p in zip(outcomes, pairs) if p["policy_valid"] and p["ref_valid"]]
     return {
         "win_rate": wins / len(outcomes) if outcomes else float("nan"),
         "win_rate_ci": [lo, hi],
@@ -45,6 +48,9 @@ def win_rate(labeler: Labeler, pairs: list[dict]) -> dict:
         "wins": sum(o == 1.0 for o in outcomes),
         "losses": sum(o == 0.0 for o in outcomes),
         "ties": sum(o == 0.5 for o in outcomes),
+        "win_rate_both_valid": sum(both) / len(both) if both else float("nan"),
+        "win_rate_both_valid_ci": list(wilson_interval(sum(both), len(both))),
+        "n_both_valid": len(both),
     }
 
 
@@ -64,6 +70,7 @@ def format_table(result: dict) -> str:
     rows = [
         ("win rate vs reference (labeler)", f"{result['win_rate']:.1%}  (95% CI {lo:.1%}–{hi:.1%})"),
         ("comparisons (wins / losses / ties)", f"{result['n_comparisons']}  ({result['wins']} / {result['losses']} / {result['ties']})"),
+        ("win rate where both are valid", f"{result['win_rate_both_valid']:.1%}  (95% CI {result['win_rate_both_valid_ci'][0]:.1%}–{result['win_rate_both_valid_ci'][1]:.1%}, n={result['n_both_valid']})"),
         ("mean reward: policy / reference", f"{result['mean_reward']['policy']:+.3f} / {result['mean_reward']['ref']:+.3f}"),
         ("labeler score: policy / reference", f"{result['labeler_score']['policy']:+.3f} / {result['labeler_score']['ref']:+.3f}"),
         ("valid responses: policy / reference", f"{result['valid_fraction']['policy']:.1%} / {result['valid_fraction']['ref']:.1%}"),

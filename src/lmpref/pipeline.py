@@ -401,20 +401,73 @@ def human_win_rates(labels: list[dict]) -> list[dict]:
             for (a, b), o in sorted(tally.items())]
 
 
+def accuracy_records(samples: list[dict], names: list[str], n_queries: int, seed: int) -> list[dict]:
+    """Accuracy-rating records for people from the first `n_queries` rows of `eval_samples.jsonl`:
+    one per valid response of each policy in `names` (`"kind": "accuracy"`, one response, the row's
+    id as `doc_id`). The paper's authors rated 30 articles per dataset this way (Ziegler et al.
+    2019, section 4.2). Policies come in a seeded random order per document, so a labeler rating
+    a document's summaries in turn cannot learn which policy comes first."""
+    rng = random.Random(f"accuracy-{seed}")
+    records = []
+    for row in samples[:n_queries]:
+        for name in rng.sample(names, len(names)):
+            if not row.get(f"{name}_valid"):
+                continue  # an invalid response is never shown
+            rec = {"id": f"{row['id']}:{name}", "query": row["query"], "responses": [row[f"{name}_response"]],
+                   "policy": name, "kind": "accuracy", "doc_id": row["id"]}
+            if row.get("reference") is not None:
+                rec["reference"] = row["reference"]
+            records.append(rec)
+    return records
+
+
+def human_accuracy(ratings: list[dict]) -> dict[str, dict]:
+    """Per policy, people's ratings (the store's `ratings` export rows): counts, the accurate share
+    of all ratings (unsure counts as not accurate) and its 95% Wilson interval."""
+    from lmpref.evaluate import wilson_interval
+
+    out: dict[str, dict] = {}
+    for rec in ratings:
+        row = out.setdefault(rec["policy"], {"accurate": 0, "inaccurate": 0, "unsure": 0})
+        row[rec["rating"]] += 1
+    for row in out.values():
+        row["n"] = n = row["accurate"] + row["inaccurate"] + row["unsure"]
+        row["accurate_share"] = row["accurate"] / n
+        row["ci"] = list(wilson_interval(row["accurate"], n))
+    return dict(sorted(out.items()))
+
+
+def _eval_samples(samples_path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of `eval_samples.jsonl` and the policies that wrote responses in them."""
+    samples = [r for _, r in read_jsonl(samples_path)]
+    if not samples:
+        raise DataError(f"{samples_path} holds no evaluation samples")
+    return samples, [k[: -len("_response")] for k in samples[0] if k.endswith("_response")]
+
+
 def step_enqueue_comparisons(samples_path: Path, *, db: str | None, run: str, batch: str, pairs: list[tuple[str, str]] | None, seed: int):
     """Put the evaluation's pairs of responses in the label store for people to judge."""
     from lmpref import store
 
-    samples = [r for _, r in read_jsonl(samples_path)]
-    if not samples:
-        raise DataError(f"{samples_path} holds no evaluation samples")
-    names = [k[: -len("_response")] for k in samples[0] if k.endswith("_response")]
+    samples, names = _eval_samples(samples_path)
     pairs = pairs or [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     unknown = {n for pair in pairs for n in pair} - set(names)
     if unknown:
         raise DataError(f"{samples_path} has no responses of {', '.join(sorted(unknown))}; it has {', '.join(names)}")
     with store.transaction(store.open_store(db)) as session:
         return store.enqueue(session, run=run, records=comparison_records(samples, pairs, seed), batch=batch)
+
+
+def step_enqueue_accuracy(samples_path: Path, *, db: str | None, run: str, batch: str, n_queries: int, seed: int):
+    """Put every policy's responses to the first `n_queries` evaluation queries in the label
+    store as accuracy-rating tasks."""
+    from lmpref import store
+
+    if n_queries < 1:
+        raise DataError(f"--enqueue-accuracy needs a positive number of queries, not {n_queries}")
+    samples, names = _eval_samples(samples_path)
+    with store.transaction(store.open_store(db)) as session:
+        return store.enqueue(session, run=run, records=accuracy_records(samples, names, n_queries, seed), batch=batch)
 
 
 def step_read_human(*, db: str | None, run: str, eval_path: Path) -> list[dict]:
@@ -428,6 +481,18 @@ def step_read_human(*, db: str | None, run: str, eval_path: Path) -> list[dict]:
     result["human_run"] = run
     atomic_write_text(eval_path, json.dumps(result, indent=2, ensure_ascii=False))
     return rows
+
+
+def step_read_accuracy(*, db: str | None, run: str, eval_path: Path) -> dict[str, dict]:
+    """People's accuracy ratings, read back from the label store into eval.json's `human_accuracy`."""
+    from lmpref import store
+
+    with store.transaction(store.open_store(db)) as session:
+        accuracy = human_accuracy(list(store.export_records(session, run=run, fmt="ratings")))
+    result = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    result["human_accuracy"] = accuracy
+    atomic_write_text(eval_path, json.dumps(result, indent=2, ensure_ascii=False))
+    return accuracy
 
 
 def run_offline(cfg: RunConfig, *, resume: bool = False) -> dict:

@@ -35,3 +35,24 @@ def test_sqlite_files_use_wal(tmp_path):
 def test_plain_postgresql_urls_use_psycopg3():
     assert store.db.normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert store.db.normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_0002_turns_existing_tasks_into_comparisons(db_url):
+    from alembic import command
+    from alembic.config import Config
+
+    engine = store.make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store.db.MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO runs (id, name, gold_rate, created_at) VALUES (1, 'r', 0, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO batches (id, run_id, name, created_at) VALUES (1, 1, 'b', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO queries (id, batch_id, source_id, text, extra) VALUES (1, 1, 'q', 'Q', '{}')"))
+        conn.execute(text("INSERT INTO tasks (id, run_id, batch_id, query_id, redundancy, created_at) "
+                          "VALUES (1, 1, 1, 1, 1, CURRENT_TIMESTAMP)"))
+    store.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT kind FROM tasks")).scalar_one() == "compare"
+    engine.dispose()

@@ -165,3 +165,34 @@ def test_openapi_documents_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {p for p in paths} >= {"/api/tasks/next", "/api/tasks/{task_id}/label", "/api/runs/{run}/andon"}
     assert not any(p.startswith(("/compare", "/admin", "/login")) for p in paths)
+
+
+def accuracy_record(i):
+    return record(i, k=1, kind="accuracy", doc_id=f"doc{i}", policy="ppo")
+
+
+def test_rate_accuracy_through_the_api(app, client, tokens):
+    enqueue(app, [accuracy_record(0)], run="acc")
+    h = bearer(tokens["ann"])
+    task = client.get("/api/tasks/next", headers=h).json()
+    assert task["kind"] == "accuracy" and len(task["samples"]) == 1
+    url = f"/api/tasks/{task['task_id']}/label"
+    for body in ({"best": 0}, {"tie": True}, {}, {"rating": "great"}):
+        r = client.post(url, headers=h, json=body)
+        assert r.status_code == 422 and r.json()["detail"], body
+    assert "rating" in client.post(url, headers=h, json={"best": 0}).json()["detail"]
+    r = client.post(url, headers=h, json={"rating": "inaccurate", "critique": "wrong date"})
+    assert r.status_code == 201 and r.json()["rating"] == "inaccurate" and r.json()["best"] is None
+    assert client.post(url, headers=h, json={"rating": "accurate"}).status_code == 409  # exactly once
+    rows = client.get("/api/runs/acc/labels?format=ratings", headers=bearer(tokens["boss"])).json()
+    assert [(r["doc_id"], r["policy"], r["rating"], r["note"]) for r in rows] == [("doc0", "ppo", "inaccurate", "wrong date")]
+
+
+def test_a_comparison_refuses_a_rating(app, client, tokens):
+    enqueue(app, [record(0)])
+    h = bearer(tokens["ann"])
+    task = client.get("/api/tasks/next", headers=h).json()
+    assert task["kind"] == "compare"
+    r = client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"rating": "accurate"})
+    assert r.status_code == 422 and "not a rating" in r.json()["detail"]
+    assert client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 0}).status_code == 201

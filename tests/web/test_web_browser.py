@@ -149,3 +149,28 @@ def test_labelers_cannot_open_the_admin_page(live, browser):
     page.wait_for_url("**/compare")
     response = page.goto(base + "/admin")
     assert response.status == 403
+
+
+def test_rate_accuracy_with_the_keyboard(live, browser):
+    base, tokens, factory = live
+    doc = "The council voted on Monday to close the old bridge for repairs."
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="rate", records=[
+            record(i, k=1, kind="accuracy", doc_id=f"doc{i}", policy="ppo", query=doc,
+                   responses=[f"The council voted on Monday to close bridge {i}."]) for i in range(3)
+        ])
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    page.goto(base + "/compare?run=rate")
+    # The document and the one summary, with its copied words marked; no "best" buttons.
+    assert page.locator("#context").inner_text() == doc
+    assert page.locator(".sample").count() == 1 and page.locator("button.choose").count() == 0
+    assert page.locator("mark.copied").first.inner_text() == "The council voted on Monday to close"
+    for key in ("a", "i", "u"):
+        with page.expect_navigation():
+            page.keyboard.press(key)
+        assert "Saved." in page.content()
+    with store.transaction(factory) as session:
+        rows = list(store.export_records(session, run="rate", fmt="ratings", include_fast=True))
+    assert [(r["doc_id"], r["rating"], r["labeler"]) for r in rows] == [
+        ("doc0", "accurate", "ann"), ("doc1", "inaccurate", "ann"), ("doc2", "unsure", "ann")]

@@ -50,7 +50,7 @@ def test_enqueue_label_export(lmpref, tmp_path, capsys):
         ann, _ = store.create_labeler(session, name="ann")
         served = store.next_task(session, labeler=ann)
         store.save_label(session, labeler=ann, task_id=served.task.id, best=0)
-    for fmt, rows in (("bestofk", 1), ("openai", 1), ("pairwise", 3)):
+    for fmt, rows in (("bestofk", 1), ("openai", 1), ("pairwise", 3), ("ratings", 0)):
         out = tmp_path / f"{fmt}.jsonl"
         assert lmpref("export-labels", "--run", "r", "--format", fmt, out) == 0
         assert len(out.read_text().splitlines()) == rows

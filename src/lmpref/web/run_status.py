@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from lmpref import store
 from lmpref.store.experiment import read_status
+from lmpref.web.api import ERRORS
 from lmpref.web.pages import render
 from lmpref.web.security import ApiLabeler, PageLabeler, SessionDep
 from lmpref.web.views import andon_public
@@ -51,7 +52,7 @@ def polyline(points: list[list[float]], width: int = CURVE_W, height: int = CURV
     return " ".join(f"{4 + (x - x0) * sx:.1f},{height - 4 - (y - y0) * sy:.1f}" for x, y in points)
 
 
-@router.get("/api/runs/{run}/status", tags=["runs"])
+@router.get("/api/runs/{run}/status", tags=["runs"], responses=ERRORS)
 def run_status_api(run: str, labeler: ApiLabeler, session: SessionDep) -> dict[str, Any]:
     """The run's experiment status (null if no experiment published one), progress and Andon history."""
     return run_status(session, run)
