@@ -7,7 +7,6 @@ has `"kind": "accuracy"`, an accuracy-rating task of its single response. `kind`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +71,16 @@ def ensure_batch(session: Session, *, run: Run, name: str) -> Batch:
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise Invalid(f"{path}:{n}: not JSON ({err.msg})") from None
+    """Records of a sampling JSONL file; a malformed line is `Invalid`, naming the file and line
+    (the reading itself is `lmpref.io.read_jsonl`, shared with the ML side; it imports no torch)."""
+    from lmpref.io import DataError
+    from lmpref.io import read_jsonl as read_lines
+
+    try:
+        for _, record in read_lines(path):
             yield record
+    except DataError as err:
+        raise Invalid(str(err)) from None
 
 
 def _kind(record: dict[str, Any]) -> str:
