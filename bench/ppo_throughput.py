@@ -68,13 +68,13 @@ def run_lmpref(size: str, args, device) -> dict:
     policy, ref, rm, n_params = build(size, device)
     gpu = device.type == "cuda"
     cfg = make_config("test", "tiny", {
-        "ppo.batch_size": args.batch, "ppo.minibatches": 1, "ppo.epochs": 4, "ppo.total_episodes": args.batch * args.updates,
+        "ppo.batch_size": args.batch, "ppo.minibatches": 1, "ppo.epochs": 4, "ppo.total_episodes": args.batch * (args.updates + 1),
         "ppo.lr": 1e-5, "ppo.kl_coef": 0.15, "ppo.micro_batch_size": args.micro, "ppo.mixed_precision": "bf16" if gpu else "no",
         "ppo.compile": args.compile, "ppo.fast_sampling": args.fast_sampling, "ppo.checkpoint_every": 10**9,
         "task.query_length": Q, "task.response_length": R, "task.temperature": 0.7, "task.truncate_token": "", "task.truncate_after": 0,
     })
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50000, (args.batch * args.updates, Q), generator=g).tolist()
+    ids = torch.randint(0, 50000, (args.batch * (args.updates + 1), Q), generator=g).tolist()
     queries = [Query(id=str(i), text="", ids=x) for i, x in enumerate(ids)]
     stamps, stats = [], []
 
@@ -121,20 +121,21 @@ def run_trl(size: str, args) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tiny", action="store_true", help="a 2-block width-64 GPT-2, batch 8, 2 updates: a harness check")
+    ap.add_argument("--tiny", action="store_true", help="a 2-block width-64 GPT-2, batch 8, 1 + 1 updates: a harness check")
     ap.add_argument("--sizes", default="124M,774M")
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--updates", type=int, default=4, help="updates per system; the first is not timed")
+    ap.add_argument("--updates", type=int, default=4, help="timed updates per system, after one untimed warm-up update (the peer's convention)")
     ap.add_argument("--micro", type=int, default=-1, help="lmpref micro-batch; -1 = the largest that fits in memory")
     ap.add_argument("--forward-batch", type=int, default=0, help="lmpref rollout batch per forward; 0 = the whole batch")
     ap.add_argument("--compile", default="auto", help="on | off | auto: CUDA graphs for the decode step")
     ap.add_argument("--fast-sampling", default="auto", help="on | off | auto")
-    ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--no-trl", action="store_true", help="lmpref only")
+    ap.add_argument("--trl-only", action="store_true", help="the TRL peer only (e.g. its long 774M run in a call of its own)")
     args = ap.parse_args()
     device = torch.device(args.device)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     if args.tiny:
-        args.batch, args.updates = min(args.batch, 8), min(args.updates, 2)
+        args.batch, args.updates = min(args.batch, 8), min(args.updates, 1)
     import transformers
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -142,7 +143,8 @@ def main() -> None:
           f"4 epochs, 1 minibatch, T=0.7, {'bf16 autocast' if device.type == 'cuda' else 'float32'}")
     rows = []
     for size in sizes:
-        rows.append(run_lmpref(size, args, device))
+        if not args.trl_only:
+            rows.append(run_lmpref(size, args, device))
         if device.type == "cuda" and not args.no_trl:
             trl = run_trl(size, args)
             if trl:
@@ -156,9 +158,9 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
     for size in sizes:
-        ours = next(r for r in rows if r["size"] == size and r["system"] == "lmpref")
+        ours = next((r for r in rows if r["size"] == size and r["system"] == "lmpref"), None)
         peer = next((r for r in rows if r["size"] == size and r["system"] != "lmpref"), None)
-        if peer:
+        if ours and peer:
             print(f"ratio {size}: lmpref / TRL = {ours['episodes_per_s'] / peer['episodes_per_s']:.2f}x")
     print(json.dumps(rows))
 
