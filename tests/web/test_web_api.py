@@ -196,3 +196,38 @@ def test_a_comparison_refuses_a_rating(app, client, tokens):
     r = client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"rating": "accurate"})
     assert r.status_code == 422 and "not a rating" in r.json()["detail"]
     assert client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 0}).status_code == 201
+
+
+def test_the_server_lease_frees_an_unanswered_slot(tmp_path):
+    """A task served to ann and left unanswered blocks its one slot for `lease_minutes`, then bob may
+    take it; ann's late answer is still accepted."""
+    import time
+
+    from fastapi.testclient import TestClient
+    from web_store_fixtures import sqlite_url
+
+    from lmpref import store
+    from lmpref.web import Settings, create_app
+
+    def server(lease_minutes):
+        app = create_app(Settings(db_url=sqlite_url(tmp_path), min_seconds=0.0, lease_minutes=lease_minutes))
+        return app, TestClient(app)
+
+    app, client = server(15.0)
+    with store.transaction(app.state.sessions) as session:
+        ann, bob = (store.create_labeler(session, name=n, role="labeler")[1] for n in ("ann", "bob"))
+    enqueue(app, [record(0)])
+    task = client.get("/api/tasks/next", headers=bearer(ann)).json()
+    assert client.get("/api/tasks/next", headers=bearer(bob)).status_code == 204  # held by ann's lease
+    time.sleep(0.2)
+    app, client = server(0.1 / 60)  # the same store, a 0.1 s lease: ann's has run out
+    assert client.get("/api/tasks/next", headers=bearer(bob)).json()["task_id"] == task["task_id"]
+    assert client.post(f"/api/tasks/{task['task_id']}/label", json={"best": 0}, headers=bearer(ann)).status_code == 201
+
+
+@pytest.mark.parametrize("minutes", [0.0, -1.0])
+def test_a_lease_must_be_positive(minutes):
+    from lmpref.web import Settings
+
+    with pytest.raises(ValueError, match="lease_minutes must be > 0"):
+        Settings(db_url="sqlite://", lease_minutes=minutes)

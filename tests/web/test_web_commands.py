@@ -82,5 +82,10 @@ def test_serve_is_registered():
     parser = argparse.ArgumentParser(prog="lmpref")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--db", "sqlite:///x.db", "--port", "9000"])
-    assert (args.host, args.port, args.db, args.min_seconds) == ("127.0.0.1", 9000, "sqlite:///x.db", 5.0)
+    assert (args.host, args.port, args.db, args.min_seconds, args.lease_minutes) == ("127.0.0.1", 9000, "sqlite:///x.db", 5.0, 15.0)
     assert callable(args.func)  # started for real by test_browser.py
+
+
+def test_serve_refuses_a_non_positive_lease(lmpref, capsys):
+    assert lmpref("serve", "--lease-minutes", "0") == 2
+    assert "--lease-minutes with a positive number" in capsys.readouterr().err

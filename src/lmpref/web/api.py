@@ -58,10 +58,10 @@ def me(labeler: ApiLabeler) -> LabelerPublic:
     responses={**ERRORS, 204: {"description": "Nothing to label now"}},
 )
 def next_task(
-    labeler: ApiLabeler, session: SessionDep, run: Annotated[str | None, Query(max_length=128)] = None
+    labeler: ApiLabeler, session: SessionDep, request: Request, run: Annotated[str | None, Query(max_length=128)] = None
 ) -> Any:
     """Your open task, or a new one. Asking again returns the same task until you answer it."""
-    served = store.next_task(session, labeler=labeler, run=run)
+    served = store.next_task(session, labeler=labeler, run=run, lease=request.app.state.settings.lease)
     return Response(status_code=204) if served is None else task_public(served)
 
 

@@ -34,7 +34,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from lmpref.web import Settings, create_app
 
-    settings = Settings(db_url=args.db or store.default_url(), min_seconds=args.min_seconds, secure_cookies=args.secure_cookies)
+    try:
+        settings = Settings(db_url=args.db or store.default_url(), min_seconds=args.min_seconds, secure_cookies=args.secure_cookies,
+                            lease_minutes=args.lease_minutes)
+    except ValueError as err:
+        print(f"error: {err}; pass --lease-minutes with a positive number", file=sys.stderr)
+        return 2
     print(f"lmpref labeling server on http://{args.host}:{args.port} (store: {settings.db_url})", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -144,6 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-seconds", type=float, default=5.0, help="labels faster than this are marked too fast")
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind HTTPS)")
+    p.add_argument("--lease-minutes", type=float, default=15.0,
+                   help="how long a served task is held for its labeler before another may take the slot (default 15)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 

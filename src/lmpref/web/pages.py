@@ -88,7 +88,7 @@ def logout(user: PageLabeler, csrf: Text) -> RedirectResponse:
 
 @router.get("/compare")
 def compare(request: Request, user: PageLabeler, session: SessionDep, run: str | None = None) -> HTMLResponse:
-    served = store.next_task(session, labeler=user.labeler, run=run or None)
+    served = store.next_task(session, labeler=user.labeler, run=run or None, lease=request.app.state.settings.lease)
     done = session.scalar(select(func.count(Label.id)).where(Label.labeler_id == user.labeler.id))
     if served is None:
         return render(request, "empty.html", user=user, run=run, done=done, andon_run=run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from lmpref.store import default_url
@@ -21,6 +22,18 @@ class Settings:
     """Mark cookies Secure; turn on when the server sits behind HTTPS."""
     max_body_bytes: int = 2_000_000
     """Larger request bodies get 413 before anything parses them."""
+    lease_minutes: float = 15.0
+    """A served task is held for its labeler this long; after that an unanswered assignment no longer
+    counts against the task's redundancy and another labeler may take the slot (the first labeler's
+    answer is still accepted if it comes)."""
     max_concurrency: int = 32
     """Requests served at once; more wait (without a thread). Keep it under the 40 worker
     threads and the 50 pooled connections, or requests can deadlock waiting for them."""
+
+    @property
+    def lease(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self.lease_minutes)
+
+    def __post_init__(self) -> None:
+        if not self.lease_minutes > 0:
+            raise ValueError(f"lease_minutes must be > 0 (minutes a served task is held), got {self.lease_minutes}")
