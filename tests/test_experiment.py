@@ -1,9 +1,10 @@
 """The experiment loop end to end on CPU with tiny-gpt2: online and batched runs labeled by
-programmatic label workers through the JSON API, a run killed at several points and resumed, a
-flipped reward sign caught before PPO, and the Andon cord halting PPO within one update.
+programmatic label workers through the JSON API, online collection that does not stall PPO, a run
+killed at several points (one of them in the middle of a PPO update) and resumed, a flipped reward
+sign caught before PPO, and the Andon cord halting PPO within one update. The automatic guards
+tripping inside a run: tests/test_experiment_guards.py.
 
-Label workers run in threads with a TestClient: the same HTTP API a browser uses, in process.
-The loop itself runs in process (fast), except in the kill test, which must SIGKILL it.
+The loop itself runs in process (fast), except in the kill tests, which must SIGKILL it.
 """
 
 from __future__ import annotations
@@ -12,76 +13,29 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
+from experiment_fixtures import BASE, RUN, Workers, batch_tasks, labels_given, tiny_config, tiny_env  # noqa: F401 (tiny_env: autouse)
 from fastapi.testclient import TestClient
 
 from lmpref import store
-from lmpref.config import make_config
+from lmpref.config import ConfigError, make_config
 from lmpref.experiment import run_experiment
-from lmpref.experiment_guards import hacking_guard, kl_guard, label_schedule, reward_guard, segment_ends, validation_win_rate
+from lmpref.experiment_guards import (
+    batch_round,
+    enqueue_interval,
+    hacking_guard,
+    kl_guard,
+    label_schedule,
+    online_batch,
+    online_plan,
+    reward_guard,
+    segment_ends,
+    validation_win_rate,
+)
 from lmpref.io import read_jsonl
-from lmpref.label_worker import WorkerConfig, run_worker
-from lmpref.web import Settings, create_app
-
-RUN = "exp"
-# Tiny-gpt2 learns nothing from a dozen labels, so its reward models sit at chance: the pre-PPO
-# guard is off in the end-to-end runs and tested on its own below.
-BASE = {"experiment.store_run": RUN, "experiment.poll_seconds": 0.1, "experiment.reward_guard_margin": -1,
-        "experiment.evaluate": False, "threads": 1}
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    monkeypatch.setenv("LMPREF_CACHE", os.environ.get("LMPREF_CACHE", "/tmp/lmcache"))
-    torch.set_num_threads(1)
-
-
-class Workers:
-    """A labeling server (app) with label-worker threads, each with its own labeler token."""
-
-    def __init__(self, tmp_path: Path, n: int = 1, labeler: str = "sentiment", max_labels: int = 0):
-        self.labeler, self.max_labels = labeler, max_labels
-        self.db = f"sqlite:///{tmp_path / 'labels.db'}"
-        self.app = create_app(Settings(db_url=self.db, min_seconds=0.0))
-        with store.transaction(self.app.state.sessions) as session:
-            self.tokens = [store.create_labeler(session, name=f"sim-{i}")[1] for i in range(n)]
-            self.admin = store.create_labeler(session, name="boss", role="admin")[1]
-        self.counts: list[int] = [0] * n
-        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(n)]
-
-    def _work(self, i: int) -> None:
-        client = TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[i]}"})
-        cfg = WorkerConfig(run=RUN, labeler=self.labeler, max_labels=self.max_labels, seed=i, idle_timeout=240, min_pause=0.05, max_pause=0.5)
-        self.counts[i] = run_worker(client, cfg, log=lambda _: None)
-
-    def start(self) -> "Workers":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def join(self) -> None:
-        for t in self.threads:
-            t.join(timeout=60)
-            assert not t.is_alive(), "a label worker did not exit after the run finished"
-
-    def session(self):
-        return store.transaction(self.app.state.sessions)
-
-
-def _config(tmp_path, **overrides):
-    return make_config("test", "tiny", {**BASE, "run_dir": str(tmp_path / "run"), **overrides})
-
-
-def _batch_tasks(w: Workers) -> Counter:
-    with w.session() as s:
-        run = store.get_run(s, name=RUN)
-        return Counter({b.name: store.progress(s, run=RUN, batch=b.name).tasks for b in run.batches})
-
 
 # ---------------------------------------------------------------------------------------------
 # Pure schedule and guard functions, with literal numbers
@@ -117,49 +71,79 @@ def test_guards_with_literal_numbers():
     assert validation_win_rate(rows) == (0.5, 3)
 
 
+def test_online_plan_splits_a_round_across_updates():
+    # 5 comparisons (2 of them validation) over updates 1-2, after every update: 2 + 3, cumulative rounding
+    assert online_plan(0, 2, 1, 5, 0.5) == [(1, 2, 1), (2, 3, 1)]
+    assert online_plan(0, 10, 3, 7, 0.25) == [(3, 2, 0), (6, 3, 1), (9, 2, 1)]  # update 10: next segment's first
+    assert online_plan(0, 4, 1, 2, 0.5) == [(2, 1, 0), (3, 1, 1)]  # fewer comparisons than updates: empty points dropped
+    assert online_plan(0, 2, 5, 4, 0.5) == [(2, 4, 2)]  # interval longer than the segment: once, at its end
+    assert online_plan(3, 3, 1, 4, 0.0) == [(3, 4, 0)]  # an empty segment: at its start
+    for every, n, share in [(1, 37, 0.25), (2, 5, 0.5), (7, 100, 0.3), (1, 3, 0.9)]:
+        plan = online_plan(10, 30, every, n, share)
+        assert sum(x[1] for x in plan) == n and sum(x[2] for x in plan) == round(n * share)
+        assert all(0 <= v <= c for _, c, v in plan) and all(10 < u <= 30 for u, _, _ in plan)
+    assert enqueue_interval(4, 98, 200, 16) == 4  # set: kept
+    assert enqueue_interval(0, 98, 200, 16) == 7  # derived: about 16 comparisons (one generation batch) an enqueue
+    assert enqueue_interval(0, 2, 5, 4) == 1 and enqueue_interval(0, 1, 1, 16) == 1  # never less often than once a segment
+    assert online_batch(3, 42) == "round-003-u000042" and batch_round("round-003-u000042") == 3
+    assert batch_round("round-012") == 12 and batch_round("final-eval") is None and batch_round("round-001x") is None
+    with pytest.raises(ConfigError, match="enqueue_every"):
+        make_config("test", "tiny", {"experiment.enqueue_every": -1})
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end
 
 
-def test_online_run_with_label_workers(tmp_path):
-    w = Workers(tmp_path, n=2).start()
-    cfg = _config(tmp_path, **{"experiment.mode": "online", "experiment.rounds": 2, "experiment.validation_share": 0.5})
+def test_online_collects_while_ppo_runs_and_does_not_wait_for_fresh_labels(tmp_path):
+    """3 rounds, 3 updates (one a round), a batch after every update. Worker 0 labels rho's batch
+    alone; then both workers hold off until update 2 is logged, as a pool that has fallen behind.
+    Retrain 1 must not wait for round 1's batch (sampled after update 1), the last retrain must."""
+    run_dir = tmp_path / "run"
+
+    def update_2_logged() -> bool:
+        return (run_dir / "metrics.jsonl").exists() and len(list(read_jsonl(run_dir / "metrics.jsonl"))) >= 2
+
+    w = Workers(tmp_path, n=2, first=9, release=update_2_logged).start()
+    cfg = tiny_config(tmp_path, **{"experiment.mode": "online", "experiment.rounds": 3, "experiment.validation_share": 0.5,
+                                   "experiment.enqueue_every": 1, "ppo.total_episodes": 48})
     run_experiment(cfg, db=w.db)
     w.join()
-    run_dir = cfg.resolved_run_dir()
     state = json.loads((run_dir / "experiment.json").read_text())
-    assert state["finished"] and [r["round"] for r in state["rounds"]] == [0, 1]
-    assert _batch_tasks(w) == {"round-000": 11, "round-001": 5}  # label_schedule(16, 2, 0.5)
+    assert state["finished"] and [r["round"] for r in state["rounds"]] == [0, 1, 2]
+    # label_schedule(16, 3, 0.5) = [9, 13, 16]: rho's 9, then 4 sampled after update 1 and 3 after update 2
+    assert batch_tasks(w) == {"round-000": 9, "round-001-u000001": 4, "round-002-u000002": 3}
+    assert [r["labels"] for r in state["rounds"]] == [9, 9, 16]  # retrain 1 went on without round 1's labels; the last waited
+    assert [r.get("policy_update") for r in state["rounds"]] == [None, 1, 2]
     with w.session() as s:
         p = store.progress(s, run=RUN)
-        assert p.queue_depth == 0 and p.labels == p.tasks == 16 == sum(w.counts)
-    assert state["rounds"][0]["labels"] == 11 and state["rounds"][1]["labels"] == 16  # retrained on all labels so far
-    val = [rec for _, rec in read_jsonl(run_dir / "rounds/round-001/samples.jsonl") if rec.get("kind") == "validation"]
-    assert len(val) == 2 and all(sorted(Counter(p.split(":")[0] for p in rec["policies"]).values()) == [2, 2] for rec in val)
-    assert state["rounds"][1]["n_validation"] == 2 and 0 <= state["rounds"][1]["win_rate"] <= 1
-    assert state["rounds"][1]["policy_update"] == 1  # online: round 1 was sampled from the policy after round 0's PPO
-    assert (run_dir / "reward_models/round-001/config.json").exists() and (run_dir / "policy/config.json").exists()
-    assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+        assert p.queue_depth == 0 and p.labels == p.tasks == 16 == sum(w.counts) and w.counts[0] >= 9
+    for r, path in [(1, "rounds/round-001/samples-u000001.jsonl"), (2, "rounds/round-002/samples-u000002.jsonl")]:
+        val = [rec for _, rec in read_jsonl(run_dir / path) if rec.get("kind") == "validation"]
+        assert len(val) == 2 and all(sorted(Counter(p.split(":")[0] for p in rec["policies"]).values()) == [2, 2] for rec in val)
+        assert state["rounds"][r]["n_validation"] == 2 and 0 <= state["rounds"][r]["win_rate"] <= 1  # round 1's: counted once its labels came in
+    assert (run_dir / "reward_models/round-002/config.json").exists() and (run_dir / "policy/config.json").exists()
+    assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
 
     # The status page and its JSON: authenticated users only.
     assert TestClient(w.app).get(f"/api/runs/{RUN}/status").status_code == 401
     st = TestClient(w.app, headers={"Authorization": f"Bearer {w.tokens[0]}"}).get(f"/api/runs/{RUN}/status").json()
     assert st["experiment"]["finished"] and st["experiment"]["mode"] == "online" and st["progress"]["labels"] == 16
-    assert [len(st["experiment"]["curves"][k]) for k in ("objective/scores", "objective/kl")] == [2, 2]
+    assert [len(st["experiment"]["curves"][k]) for k in ("objective/scores", "objective/kl")] == [3, 3]
     browser = TestClient(w.app)
     assert browser.get(f"/runs/{RUN}/status", follow_redirects=False).status_code == 303  # to /login
     login = browser.get("/login")
     csrf = login.text.split('name="csrf" value="')[1].split('"')[0]
     browser.post("/login", data={"token": w.tokens[0], "csrf": csrf}, follow_redirects=False)
     page = browser.get(f"/runs/{RUN}/status")
-    assert page.status_code == 200 and "online" in page.text and "<polyline" in page.text and "round-001" in page.text
+    assert page.status_code == 200 and "online" in page.text and "<polyline" in page.text and "round-002-u000002" in page.text
 
 
 def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatch):
     import lmpref.experiment as experiment
 
     w = Workers(tmp_path).start()
-    cfg = _config(tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 2, "ppo.total_episodes": 64})  # 4 updates, 2 a round
+    cfg = tiny_config(tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 2, "ppo.total_episodes": 64})  # 4 updates, 2 a round
     # A person pulls the cord during round 1's PPO, as its first update (update 3) ends.
     real_rows, pulled = experiment._metrics_rows, {}
 
@@ -181,7 +165,7 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
     assert not (run_dir / "policy").exists()
     # Batched: round 1's samples came from the policy after round 0's PPO (2 updates), and PPO
     # waited for them.
-    assert _batch_tasks(w) == {"round-000": 11, "round-001": 5}
+    assert batch_tasks(w) == {"round-000": 11, "round-001": 5}
     state = json.loads((run_dir / "experiment.json").read_text())
     assert state["halted"]["round"] == 1 and state["rounds"][1]["policy_update"] == 2
     # Resuming while the event is open stops again at once; once an admin clears it, the run finishes.
@@ -194,46 +178,64 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
     assert json.loads((run_dir / "experiment.json").read_text())["finished"]
 
 
-def _labels(w: Workers) -> int:
-    with w.session() as s:
-        return store.progress(s, run=RUN).labels
+def _experiment_argv(w: Workers, run_dir, mode: str, overrides: dict) -> list[str]:
+    argv = [sys.executable, "-m", "lmpref.cli", "experiment", "--preset", "test", "--scale", "tiny", "--mode", mode, "--db", w.db, "--run-dir", str(run_dir)]
+    for k, v in {**BASE, **overrides}.items():
+        argv += ["--set", f"{k}={v}"]
+    return argv
 
 
 def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_path):
-    """SIGKILL the loop (a subprocess) while sampling, waiting, training the reward model and in
-    PPO; each resume must keep every label, add no task twice and repeat at most one update."""
+    """SIGKILL the loop (a subprocess) of an online run (4 updates, 2 a round, a batch after every
+    update) while sampling, waiting, training the reward model, in the middle of a PPO update (its
+    metrics row written, its checkpoint not), between an update's checkpoint and its batch, and
+    between updates. Each resume must keep every label and add no task twice; the run must end with
+    4 updates, contiguous steps, the killed update repeated once and identically, and every planned
+    batch enqueued exactly once."""
     w = Workers(tmp_path)
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "lmpref.cli", "experiment", "--preset", "test", "--scale", "tiny", "--mode", "batched",
-            "--db", w.db, "--run-dir", str(run_dir), "--set", "ppo.total_episodes=64"]  # 4 updates, 2 a round
-    for k, v in {**BASE, "experiment.rounds": 2}.items():
-        argv += ["--set", f"{k}={v}"]
+    argv = _experiment_argv(w, run_dir, "online", {"experiment.rounds": 2, "experiment.enqueue_every": 1, "ppo.total_episodes": 64})
 
     def loop(kill_at: str | None, resume: bool = True) -> int:
         env = {**os.environ, "LMPREF_TEST_KILL_AT": kill_at or ""}
         return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300).returncode
 
+    def steps() -> list[int]:
+        return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
+
+    def checkpoint() -> int:
+        return json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text() / "state.json").read_text())["update"]
+
     assert loop("sampled:0", resume=False) == -9  # samples written, nothing enqueued yet
-    assert (run_dir / "rounds/round-000/samples.jsonl").exists() and _batch_tasks(w) == {}
+    assert (run_dir / "rounds/round-000/samples.jsonl").exists() and batch_tasks(w) == {}
     assert loop("waiting:0") == -9  # enqueued, no labeler yet
-    assert _batch_tasks(w) == {"round-000": 11}
+    assert batch_tasks(w) == {"round-000": 11}  # label_schedule(16, 2, 0.5) = [11, 16]
     w.start()
     assert loop("reward:0") == -9  # labeled, reward model trained, killed before its state was saved
-    labels_before = _labels(w)
+    labels_before = labels_given(w)
     assert labels_before == 11 and (run_dir / "reward_models/round-000/config.json").exists()
-    assert loop("ppo:1") == -9  # round 1: sampled from the policy, labeled, retrained; killed after update 3
-    assert _labels(w) >= labels_before and _batch_tasks(w) == {"round-000": 11, "round-001": 5}
-    assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert loop("update:2") == -9  # update 1, its batch (2 of round 1's 5 comparisons), update 2 logged: killed
+    assert steps() == [1, 2] and checkpoint() == 1
+    assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2}
+    assert loop("online:2") == -9  # update 2 again, checkpointed; killed before its batch was sampled
+    assert steps() == [1, 2, 2] and checkpoint() == 2 and not (run_dir / "rounds/round-001/samples-u000002.jsonl").exists()
+    assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2}
+    assert loop("ppo:1") == -9  # update 2's batch enqueued on resuming, round 1 retrained on all; killed after update 3
+    assert steps() == [1, 2, 2, 3] and checkpoint() == 3 and labels_given(w) >= labels_before
     assert loop(None) == 0
     w.join()
-    steps = Counter(m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl"))
-    assert sorted(steps) == [1, 2, 3, 4] and max(steps.values()) <= 2  # at most one update repeated
-    assert _batch_tasks(w) == {"round-000": 11, "round-001": 5}  # no task twice
+    assert steps() == [1, 2, 2, 3, 4]  # contiguous; only the update killed in the middle was repeated
+    twice = [m for _, m in read_jsonl(run_dir / "metrics.jsonl") if m["step"] == 2]
+    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/loss/policy", "ppo/loss/value"):
+        assert twice[0][key] == twice[1][key], key  # the repeated update is the same update
+    assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2, "round-001-u000002": 3}  # none dropped, none twice
     with w.session() as s:
         p = store.progress(s, run=RUN)
         assert p.labels == p.tasks == 16 == sum(w.counts) and p.queue_depth == 0  # every label kept
     state = json.loads((run_dir / "experiment.json").read_text())
-    assert state["finished"] and state["rounds"][1]["labels"] == 16 and (run_dir / "policy/config.json").exists()
+    assert state["finished"] and state["rounds"][1]["labels"] == 16 and state["rounds"][1]["policy_update"] == 2
+    assert state["rounds"][1]["batches"] == {"round-001-u000001": 2, "round-001-u000002": 3}
+    assert (run_dir / "policy/config.json").exists()
 
 
 def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
@@ -260,7 +262,7 @@ def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
     real = RewardModel.set_normalization
     monkeypatch.setattr(RewardModel, "set_normalization", lambda self, gain, bias: real(self, -gain, -bias))  # the bug
     w = Workers(tmp_path, labeler="oracle", max_labels=32).start()  # the run halts: the worker stops at 32
-    cfg = _config(tmp_path, **{"experiment.reward_guard_margin": 0.0, "reward.lr": 1e-12, "sample.num_queries": 32, "experiment.poll_seconds": 0.5})
+    cfg = tiny_config(tmp_path, **{"experiment.reward_guard_margin": 0.0, "reward.lr": 1e-12, "sample.num_queries": 32, "experiment.poll_seconds": 0.5})
     result = run_experiment(cfg, db=w.db)
     run_dir = cfg.resolved_run_dir()
     assert "guard:" in result["stopped"] and "flipped" in result["stopped"] and "automatic guard" in result["stopped"]

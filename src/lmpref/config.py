@@ -188,6 +188,8 @@ class ExperimentConfig:
     """Comparisons to collect over the whole run; 0 = sample.num_queries."""
     schedule_power: float = 0.5
     """Labels collected by the end of round r of n: labels * ((r + 1) / n) ** power; below 1 front-loads labels, as the paper did."""
+    enqueue_every: int = 0
+    """Online: sample the policy being trained and enqueue a share of the next round's comparisons after every N-th PPO update; 0 = derived, about sample.batch_size / k comparisons an enqueue."""
     redundancy: int = 1
     """Labelers asked per comparison."""
     validation_share: float = 0.25
@@ -275,6 +277,8 @@ class RunConfig:
             raise ConfigError("experiment.validation_share must lie in [0, 1), and validation needs an even sample.k (k/2 from rho, k/2 from the policy)")
         if e.schedule_power <= 0 or e.poll_seconds <= 0 or not 1 <= e.redundancy <= 100:
             raise ConfigError("experiment.schedule_power and poll_seconds must be > 0 and experiment.redundancy 1-100")
+        if e.enqueue_every < 0:
+            raise ConfigError(f"experiment.enqueue_every={e.enqueue_every}: enqueue after every N >= 1 PPO updates, or 0 (derived)")
 
 
 def _field_names(cls) -> list[str]:

@@ -197,6 +197,18 @@ def _checkpoint_fn(run_dir: Path, policy: PolicyWithValue, tok):
     return save
 
 
+def _then(log, after):
+    """`log`, then `after` with the same row (when given)."""
+    if after is None:
+        return log
+
+    def both(row: dict) -> None:
+        log(row)
+        after(row)
+
+    return both
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = run_dir / "checkpoints" / "latest"
     if pointer.exists():
@@ -206,7 +218,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None) -> dict:
+def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None, after_log=None) -> dict:
+    """PPO into run_dir (checkpoints/, metrics.jsonl, policy/). `should_stop()` is read between
+    updates; `after_log(row)` is called with each update's metrics row once it is logged and before
+    that update's checkpoint is written (the experiment loop's test-only kill point lives there)."""
     from accelerate import Accelerator
 
     from lmpref.ppo import make_optimizer, train_policy
@@ -240,7 +255,8 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     state = train_policy(
         policy, ref, rm, tok, lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"), cfg.ppo, cfg.task,
         seed=cfg.seed, device=device, state=state, optimizer=optimizer,
-        log=MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb") if accelerator.is_main_process else None, checkpoint=_checkpoint_fn(run_dir, plain_policy, tok),
+        log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), after_log) if accelerator.is_main_process else None,
+        checkpoint=_checkpoint_fn(run_dir, plain_policy, tok),
         should_stop=should_stop, forward_batch=cfg.sample.batch_size, accelerator=accelerator,
     )
     policy = plain_policy
