@@ -128,7 +128,7 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
 
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
-    from lmpref.pipeline import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
+    from lmpref.eval_steps import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
 
     out = Path(args.out)
     store_run = args.store_run or f"eval-{out.resolve().parent.name}"
