@@ -81,7 +81,8 @@ def cmd_train_reward_human(args) -> int:
     m = step_train_reward_human(cfg, out, Path(args.comparisons) if args.comparisons else None, out.with_name(out.name + "_metrics.jsonl"))
     lo, hi = m["accuracy_after_ci"]
     print(f"held-out accuracy on people's comparisons: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
-          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
+          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']} comparisons of {m['n_heldout_posts']} posts; "
+          f"trained on {m['n_train']} of {m['n_train_posts']} other posts)")
     print(f"saved the reward model to {out}")
     return 0
 

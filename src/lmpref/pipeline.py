@@ -131,10 +131,11 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
     """A reward model on people's TL;DR comparisons (OpenAI's summarize-from-feedback pairs;
     default: the 929 shipped ones), with held-out accuracy and its 95% Wilson interval.
 
-    The posts are cut to `task.query_length` like the task's queries. The gain and bias are set on
-    the compared summaries themselves: there are no samples of our own reference model here."""
+    The posts are cut to `task.query_length` like the task's queries. The hold-out split is by post
+    (`reward.split_labels` on each record's `doc_id`): no post is on both sides. The gain and bias
+    are set on the compared summaries themselves: there are no samples of our own reference model here."""
     from lmpref.evaluate import wilson_interval
-    from lmpref.reward import read_labels, train_reward
+    from lmpref.reward import read_labels, split_labels, train_reward
     from lmpref.summarization import TLDR_SUFFIX, read_tldr_comparisons
 
     device = setup(cfg)
@@ -145,6 +146,11 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
     labels_path = out.with_name(out.name + "_labels.jsonl")
     write_jsonl(labels_path, records)  # the exact labels trained on, in our best-of-K schema
     labels = read_labels(labels_path, tok)
+    # The split train_reward will make (the same function, fraction and seed), counted for the record.
+    train, heldout = split_labels(labels, cfg.reward.holdout_fraction, cfg.seed)
+    posts = {"n_train_posts": len({label.doc_id for label in train}), "n_heldout_posts": len({label.doc_id for label in heldout})}
+    print(f"[lmpref] split by post: {posts['n_train_posts']} posts / {len(train)} comparisons to train on, "
+          f"{posts['n_heldout_posts']} posts / {len(heldout)} comparisons held out")
     norm_pairs = [(label.query_ids, r) for label in labels for r in label.response_ids]
     random.Random(f"norm-{cfg.seed}").shuffle(norm_pairs)
     rm = RewardModel.from_lm(trunk, cfg.model.cache_dir, cfg.model.dtype).to(device)
@@ -154,7 +160,7 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
     log = MetricsLog(log_path) if log_path else None
     metrics = train_reward(rm, labels, norm_pairs[: cfg.reward.norm_samples], cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=log)
     hits = round(metrics["accuracy_after"] * metrics["n_heldout"])
-    metrics.update({"accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])), "n_labels": len(records),
+    metrics.update({"accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])), "n_labels": len(records), **posts,
                     "labels": str(labels_path), "trunk": trunk, "query_length": cfg.task.query_length})
     rm.save(out, extra=metrics)
     tok.save_pretrained(out)
