@@ -84,7 +84,6 @@ def human_win_rates(labels: list[dict]) -> list[dict]:
             for (a, b), o in sorted(tally.items())]
 
 
-
 def human_accuracy(ratings: list[dict]) -> dict[str, dict]:
     """Per policy, people's ratings (the store's `ratings` export rows): counts, the accurate share
     of all ratings (unsure counts as not accurate) and its 95% Wilson interval."""

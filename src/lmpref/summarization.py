@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import random
 import re
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
