@@ -80,3 +80,22 @@ def test_main_job_on_the_bundled_model_smallest_scale(tmp_path):
     # a finished run resumes as a no-op up to the evaluation
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0 and "[1/5]" not in again.stdout and "[5/5]" in again.stdout
+
+
+def test_train_reward_human_holds_out_whole_posts(tmp_path, capsys):
+    """People's comparisons of 4 posts (one compared 3 times, two twice): the held-out split is by
+    post, and the command says how many posts and comparisons each side got."""
+    posts = ["My cat ran away last night.", "I failed my driving test again.", "Our landlord raised the rent.", "I got the job!"]
+    rows = [(0, 0), (1, 1), (0, 1), (2, 0), (1, 0), (0, 0), (3, 1), (2, 1)]  # (post, choice)
+    comparisons = tmp_path / "cmp.jsonl"
+    comparisons.write_text("".join(json.dumps({"input_text": posts[p] + " [summary]: ", "candidate_0": " a summary",
+                                               "candidate_1": " another one", "choice": c}) + "\n" for p, c in rows))
+    out = tmp_path / "rm"
+    assert main(["train-reward-human", "--preset", "tldr", "--scale", "tiny", "--set", "reward.holdout_fraction=0.25",
+                 "--comparisons", str(comparisons), "--out", str(out)]) == 0
+    metrics = json.loads((out / "lmpref_reward.json").read_text())
+    assert metrics["n_train"] + metrics["n_heldout"] == 8 and metrics["n_heldout"] >= 1
+    assert metrics["n_train_posts"] + metrics["n_heldout_posts"] == 4  # a post on both sides would count twice
+    printed = capsys.readouterr().out
+    assert (f"split by post: {metrics['n_train_posts']} posts / {metrics['n_train']} comparisons to train on, "
+            f"{metrics['n_heldout_posts']} posts / {metrics['n_heldout']} comparisons held out") in printed

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmpref.labelers import make_labeler
-from lmpref.evaluate import wilson_interval
-from lmpref.pipeline import accuracy_records, comparison_records, human_accuracy, human_win_rates, pairwise_win_rates
+from lmpref.eval_steps import accuracy_records, comparison_records
+from lmpref.evaluate import human_accuracy, human_win_rates, pairwise_win_rates, wilson_interval
 
 QUERY = "Article:\n\nThe cat sat on the mat. It was happy.\n\nTL;DR:"
 
@@ -50,7 +50,7 @@ def test_human_win_rates_tally_by_policy_whatever_the_order():
 
 def test_enqueue_and_read_back_people_through_the_store(tmp_path):
     from lmpref import store
-    from lmpref.pipeline import step_enqueue_comparisons, step_read_human
+    from lmpref.eval_steps import step_enqueue_comparisons, step_read_human
 
     samples = tmp_path / "eval_samples.jsonl"
     rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,
@@ -95,7 +95,7 @@ def test_human_accuracy_counts_unsure_as_not_accurate():
 def test_enqueue_accuracy_and_read_ratings_back_through_the_store(tmp_path, capsys):
     from lmpref import store
     from lmpref.cli import main
-    from lmpref.pipeline import step_enqueue_accuracy
+    from lmpref.eval_steps import step_enqueue_accuracy
 
     samples = tmp_path / "eval_samples.jsonl"
     rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,

@@ -247,7 +247,7 @@ def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
     from lmpref.models import RewardModel, load_tokenizer
 
     tok = load_tokenizer("tiny-gpt2")
-    torch.manual_seed(0)  # as `pipeline.setup` seeds it before the loop builds its reward model
+    torch.manual_seed(0)  # as `runtime.setup` seeds it before the loop builds its reward model
     oracle = RewardModel.from_lm("tiny-gpt2").eval()
 
     class Oracle:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lmpref.evaluate import human_accuracy
 from lmpref.report import copy_ranges, copy_strip_svg, highlight, line_plot_svg, scatter_svg, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,9 +64,13 @@ def make_run(run: Path) -> None:
          "policy_score": 1.5, "ref_score": -0.5},
         {"query": "Hi all. My cat ran away.\n\nTL;DR:", "ref_response": " cat gone", "policy_response": " My cat ran away."},
     ]
+    # people's accuracy ratings as `lmpref evaluate --read-human` saves them
+    ratings = [{"policy": "policy", "rating": r} for r in ("accurate", "inaccurate", "accurate")]
+    ratings += [{"policy": "ref", "rating": r} for r in ("accurate", "unsure", "inaccurate", "inaccurate")]
     (run / "eval.json").write_text(json.dumps({
         "win_rate": 0.64, "win_rate_ci": [0.57, 0.71], "n_comparisons": 200,
-        "mean_reward": {"policy": 1.2, "ref": -0.1}, "kl": 8.3, "samples": samples}))
+        "mean_reward": {"policy": 1.2, "ref": -0.1}, "kl": 8.3, "samples": samples,
+        "human_accuracy": human_accuracy(ratings), "human_run": "eval-run"}))
     (run / "summary_eval.json").write_text(json.dumps({"task": "cnndm", "n_documents": 2, "policies": {
         "lead-3": {"n": 2, "rouge1": 40.1, "rougeLsum": 36.2, "novel_2grams": 0.0, "copies_from_start": 100.0},
         "ref": {"n": 2, "rouge1": 30.5, "rougeLsum": 27.0, "novel_2grams": 45.0, "copies_from_start": 5.0},
@@ -78,6 +83,10 @@ def test_report_from_a_full_run(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "0.64 (95% CI [0.57, 0.71])" in page
     assert "skipped 1 unreadable line" in page
+    # per policy: accurate share, its Wilson 95% interval, n, then the counts
+    assert "<td>policy</td><td>0.6667</td><td>[0.2077, 0.9385]</td><td>3</td><td>2</td><td>1</td><td>0</td>" in page
+    assert "<td>ref</td><td>0.25</td><td>[0.04559, 0.6994]</td><td>4</td><td>1</td><td>2</td><td>1</td>" in page
+    assert "Store run eval-run." in page and "No accuracy ratings recorded" not in page
     # reward, KL, kl_coef, win rate, clipfrac, novelty-vs-ROUGE, and 2 strips per sample
     assert page.count("<svg") == 6 + 4
     assert "<mark>The storm hit the coast on Monday night. Thousands lost power</mark>." in page
@@ -95,6 +104,9 @@ def test_report_tolerates_missing_and_broken_files(tmp_path):
     page = write_report(tmp_path).read_text()
     assert "eval.json lacks win_rate_ci, n_comparisons, mean_reward, kl" in page
     assert "no policy_response" in page
+    assert "No accuracy ratings recorded" in page and "accurate share" not in page
+    (tmp_path / "eval.json").write_text(json.dumps({"win_rate": 0.5, "human_accuracy": {}}))
+    assert "No accuracy ratings recorded" in write_report(tmp_path).read_text()
 
 
 # ---------------------------------------------------------------- in a real browser

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lmpref.io import DataError
-from lmpref.reward import batch_sequences, best_of_k_loss, read_labels
+from lmpref.reward import Label, batch_sequences, best_of_k_loss, read_labels, split_labels
+from lmpref.summarization import read_tldr_comparisons
 
 
 def test_best_of_k_loss_by_hand():
@@ -69,9 +70,62 @@ def test_read_labels_ours_and_openai(tmp_path):
     (json.dumps({"query": "a", "responses": ["b"], "best": 0}), "at least 2 responses"),
     (json.dumps({"responses": ["b", "c"], "best": 0}), "missing 'query'"),
     (json.dumps({"query": [1], "sample0": [1000], "sample1": [2], "best": 0}), "out of range"),
+    (json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": {"post": 1}}), "'doc_id' must be a string"),
 ])
 def test_read_labels_malformed_file_names_the_line(tmp_path, line, message):
     p = _write(tmp_path, [json.dumps({"query": "a", "responses": ["b", "c"], "best": 0}), line])
     with pytest.raises(DataError, match=message) as e:
         read_labels(p, _Tok())
     assert ":2:" in str(e.value)
+
+
+def test_read_labels_keep_the_document_of_each_label(tmp_path):
+    p = _write(tmp_path, [json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": "post-1"}),
+                          json.dumps({"query": "a", "responses": ["b", "c"], "best": 1, "doc_id": 7}),
+                          json.dumps({"query": "a", "responses": ["b", "c"], "best": 1})])
+    assert [label.doc_id for label in read_labels(p, _Tok())] == ["post-1", "7", None]
+
+
+# ---------------------------------------------------------------- the hold-out split
+
+# 20 comparisons of 12 posts, in file order: p0 is compared 4 times, p1 and p2 3 times, p3 twice.
+POSTS = ["p0", "p4", "p1", "p0", "p5", "p2", "p1", "p6", "p0", "p3",
+         "p7", "p2", "p8", "p1", "p9", "p3", "p10", "p0", "p2", "p11"]
+
+
+def _labels(doc_ids):
+    return [Label([1], [[2], [3]], 0, doc_id) for doc_id in doc_ids]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+def test_split_never_puts_a_post_on_both_sides(fraction):
+    labels = _labels(POSTS)
+    for seed in range(20):
+        train, heldout = split_labels(labels, fraction, seed)
+        assert not {label.doc_id for label in train} & {label.doc_id for label in heldout}, seed
+        assert sorted(map(id, train + heldout)) == sorted(map(id, labels))  # each label once
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+def test_split_holds_the_fraction_as_nearly_as_posts_allow(fraction):
+    target = round(len(POSTS) * fraction)
+    counts = [len(split_labels(_labels(POSTS), fraction, seed)[1]) for seed in range(20)]
+    assert all(abs(n - target) <= 2 for n in counts), counts  # within half the largest post (4 comparisons)
+    # Labels without a document are their own groups: the held-out count is exact.
+    assert len(split_labels(_labels([None] * 20), fraction, seed=3)[1]) == target
+
+
+def test_split_is_a_function_of_the_seed():
+    def heldout_posts(seed):
+        return [label.doc_id for label in split_labels(_labels(POSTS), 0.25, seed)[1]]
+
+    assert heldout_posts(1) == heldout_posts(1)
+    assert any(heldout_posts(1) != heldout_posts(seed) for seed in range(2, 6))
+
+
+def test_shipped_human_comparisons_split_by_post():
+    records = read_tldr_comparisons()
+    labels = [Label([0], [[0], [0]], r["best"], r["doc_id"]) for r in records]
+    train, heldout = split_labels(labels, 0.2, seed=0)
+    assert not {label.doc_id for label in train} & {label.doc_id for label in heldout}
+    assert abs(len(heldout) - round(0.2 * 929)) <= 3  # the largest post has 7 comparisons

@@ -164,8 +164,10 @@ def test_shipped_tldr_posts():
 def test_tldr_comparisons_are_best_of_2_labels():
     records = read_tldr_comparisons()
     assert len(records) == 929 and len({r["id"] for r in records}) == 929
+    assert len({r["doc_id"] for r in records}) == 866  # one id per post; 55 posts are compared more than once
     first = records[0]
-    assert set(first) == {"id", "query", "responses", "best", "tie", "labeler"}
+    assert set(first) == {"id", "doc_id", "query", "responses", "best", "tie", "labeler"}
+    assert first["doc_id"] == next(p.id for p in load_tldr() if first["query"].startswith(p.document[:200]))
     assert first["query"].startswith("I had been in a long distance relationship")
     assert first["query"].endswith("bigger mess than it needs to be.\n\nTL;DR:")
     assert first["responses"][0].startswith(" Ex is threatening me with legal action")

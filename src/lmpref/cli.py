@@ -81,7 +81,8 @@ def cmd_train_reward_human(args) -> int:
     m = step_train_reward_human(cfg, out, Path(args.comparisons) if args.comparisons else None, out.with_name(out.name + "_metrics.jsonl"))
     lo, hi = m["accuracy_after_ci"]
     print(f"held-out accuracy on people's comparisons: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
-          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}; trained on {m['n_train']})")
+          f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']} comparisons of {m['n_heldout_posts']} posts; "
+          f"trained on {m['n_train']} of {m['n_train_posts']} other posts)")
     print(f"saved the reward model to {out}")
     return 0
 
@@ -128,7 +129,7 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
 
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
-    from lmpref.pipeline import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
+    from lmpref.eval_steps import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
 
     out = Path(args.out)
     store_run = args.store_run or f"eval-{out.resolve().parent.name}"

@@ -1,5 +1,6 @@
-"""Held-out evaluation of a policy against the reference model: win rate judged by a labeler,
-mean reward, KL; printed as a table and saved as `eval.json`."""
+"""The math of evaluation: win rates judged by a labeler (policy vs reference, and every pair of
+policies), people's win rates and accuracy ratings tallied per policy, Wilson intervals, KL, and
+the printed table. The steps that sample and write `eval.json` are `lmpref.eval_steps`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,49 @@ def win_rate(labeler: Labeler, pairs: list[dict]) -> dict:
         "win_rate_both_valid_ci": list(wilson_interval(sum(both), len(both))),
         "n_both_valid": len(both),
     }
+
+
+def pairwise_win_rates(labeler, queries: list[str], responses: dict[str, list[tuple[str, bool]]], references: list[str | None]) -> list[dict]:
+    """Win rate of every policy over every later one on the same queries, judged by the labeler's
+    noise-free scores (`evaluate.judge`: an invalid response loses to a valid one).
+    responses: {name: [(text, valid)] per query}. One row per unordered pair {a, b, win_rate (of a), ...}."""
+    names, rows = list(responses), []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            outcomes = [judge(labeler, q, *responses[a][k], *responses[b][k], reference=references[k]) for k, q in enumerate(queries)]
+            wins = sum(outcomes)
+            rows.append({"a": a, "b": b, "win_rate": wins / len(outcomes) if outcomes else float("nan"),
+                         "win_rate_ci": list(wilson_interval(wins, len(outcomes))), "n": len(outcomes)})
+    return rows
+
+
+def human_win_rates(labels: list[dict]) -> list[dict]:
+    """Win rates per pair of policies from people's labels (the store's best-of-K export rows with
+    `policies`, `best` and `tie`; a tie counts half). One row per unordered pair, as `pairwise_win_rates`."""
+    tally: dict[tuple[str, str], list[float]] = {}
+    for rec in labels:
+        names = rec.get("policies") or []
+        if len(names) != 2 or names[0] == names[1]:
+            continue
+        a, b = sorted(names)
+        outcome = 0.5 if rec.get("tie") else float(names[rec["best"]] == a)
+        tally.setdefault((a, b), []).append(outcome)
+    return [{"a": a, "b": b, "win_rate": sum(o) / len(o), "win_rate_ci": list(wilson_interval(sum(o), len(o))), "n": len(o)}
+            for (a, b), o in sorted(tally.items())]
+
+
+def human_accuracy(ratings: list[dict]) -> dict[str, dict]:
+    """Per policy, people's ratings (the store's `ratings` export rows): counts, the accurate share
+    of all ratings (unsure counts as not accurate) and its 95% Wilson interval."""
+    out: dict[str, dict] = {}
+    for rec in ratings:
+        row = out.setdefault(rec["policy"], {"accurate": 0, "inaccurate": 0, "unsure": 0})
+        row[rec["rating"]] += 1
+    for row in out.values():
+        row["n"] = n = row["accurate"] + row["inaccurate"] + row["unsure"]
+        row["accurate_share"] = row["accurate"] / n
+        row["ci"] = list(wilson_interval(row["accurate"], n))
+    return dict(sorted(out.items()))
 
 
 @torch.no_grad()

@@ -201,7 +201,8 @@ def sample_batch(ex: Experiment, r: int, batch: str, n: int, n_val: int, *, key:
     and k/2 of the policy, in a seeded random order. `since`: the update where the PPO segment that
     made this policy began (its mean reward up to this policy is recorded as the round's `policy_score`)."""
     from lmpref.models import load_causal_lm, load_tokenizer
-    from lmpref.pipeline import latest_checkpoint, setup
+    from lmpref.pipeline import latest_checkpoint
+    from lmpref.runtime import setup
     from lmpref.sampling import sample_records
     from lmpref.tasks import make_query_source
 
@@ -401,7 +402,7 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
         ex.save()
     result = {}
     if e.evaluate:
-        from lmpref.pipeline import step_evaluate
+        from lmpref.eval_steps import step_evaluate
 
         ex.publish("evaluating", "evaluating the final policy on held-out queries")
         result = step_evaluate(cfg, run_dir / "policy", run_dir / "reward_model", run_dir / "eval.json")

@@ -8,6 +8,9 @@
   any other numeric keys of a sample (e.g. `policy_score`) are shown with it.
   Optional `pairwise` and `human_pairwise`: `[{"a", "b", "win_rate" (of a), "win_rate_ci", "n"}]`
   (`lmpref evaluate`: judged by the labeler; `--read-human`: by people), each drawn as a table.
+  Optional `human_accuracy` (`--read-human` after `--enqueue-accuracy`; `lmpref.evaluate.human_accuracy`):
+  `{policy: {"accurate", "inaccurate", "unsure", "n", "accurate_share", "ci"}}`, people's ratings
+  per policy, drawn as a table (or a note that none were recorded).
 - `metrics.jsonl`: one JSON object per PPO update: `step` plus namespaced numbers
   (`objective/scores`, `objective/kl`, `objective/kl_coef`, `ppo/...`; `eval/win_rate` when the
   run evaluated during training). Every numeric key is plotted against `step`.
@@ -222,9 +225,12 @@ def _table(header: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
+def _interval(ci) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "–"
+
+
 def _headline(ev: Mapping) -> str:
-    ci = ev.get("win_rate_ci")
-    ci_txt = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "–"
+    ci_txt = _interval(ev.get("win_rate_ci"))
     reward = ev.get("mean_reward") if isinstance(ev.get("mean_reward"), Mapping) else {}
     rows = [
         ("win rate of policy over reference", f"{fmt(ev.get('win_rate'))} (95% CI {ci_txt})"),
@@ -244,10 +250,22 @@ def _pairwise(rows, judge: str) -> str:
     for r in rows:
         if not isinstance(r, Mapping):
             continue
-        ci = r.get("win_rate_ci")
-        ci_txt = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "–"
-        cells.append([_esc(r.get("a", "?")), _esc(r.get("b", "?")), fmt(r.get("win_rate")), ci_txt, fmt(r.get("n"))])
+        cells.append([_esc(r.get("a", "?")), _esc(r.get("b", "?")), fmt(r.get("win_rate")), _interval(r.get("win_rate_ci")), fmt(r.get("n"))])
     return f"<h3>Judged by {_esc(judge)}</h3>" + _table(["policy A", "policy B", "A wins", "95% CI", "n"], cells)
+
+
+def _accuracy(ratings, run) -> str:
+    """eval.json `human_accuracy`: {policy: {accurate, inaccurate, unsure, n, accurate_share, ci}}.
+    The ratings are categories, not a scale: the accurate share is the mean of accurate = 1,
+    inaccurate or unsure = 0, and its interval is Wilson's."""
+    rows = [(name, r) for name, r in ratings.items() if isinstance(r, Mapping)] if isinstance(ratings, Mapping) else []
+    if not rows:
+        return '<p class="note">No accuracy ratings recorded.</p>'
+    cells = [[_esc(name), fmt(r.get("accurate_share")), _interval(r.get("ci")), fmt(r.get("n")),
+              fmt(r.get("accurate")), fmt(r.get("inaccurate")), fmt(r.get("unsure"))] for name, r in rows]
+    return (f'<p class="small">Store run {_esc(run)}. One summary at a time, rated against its document; '
+            "unsure counts as not accurate.</p>"
+            + _table(["policy", "accurate share", "95% CI", "n", "accurate", "inaccurate", "unsure"], cells))
 
 
 def _training_plots(rows: Sequence[Mapping]) -> str:
@@ -379,6 +397,9 @@ def render_report(title: str, ev, metrics_rows: Sequence[Mapping], se, notes: Se
         body.append("<h2>Win rates between policies</h2><p class=\"small\">Ties count half.</p>")
         body.append(_pairwise(ev.get("pairwise"), str(ev.get("judge", "the labeler"))))
         body.append(_pairwise(ev.get("human_pairwise"), f"people (store run {ev.get('human_run', '?')})"))
+    body.append("<h2>Accuracy rated by people</h2>")
+    people = ev if isinstance(ev, Mapping) else {}
+    body.append(_accuracy(people.get("human_accuracy"), people.get("human_run", "?")))
     no_metrics = '<p class="note">No training metrics.</p>'
     body.append("<h2>Training</h2>" + (_training_plots(metrics_rows) if metrics_rows else no_metrics))
     body.append("<h2>Summaries: ROUGE, novelty, copying</h2>")

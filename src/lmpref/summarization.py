@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import random
 import re
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -236,10 +235,12 @@ def read_tldr_comparisons(
 ) -> list[dict]:
     """OpenAI's human TL;DR comparisons as best-of-2 label records (our label JSONL schema).
 
-    `{"id", "query", "responses": [candidate_0, candidate_1], "best": choice, "tie": False,
+    `{"id", "doc_id", "query", "responses": [candidate_0, candidate_1], "best": choice, "tie": False,
     "labeler": "openai-summarize-from-feedback"}`. The query is `format_query("tldr", post, ...)`;
     with a tokenizer, posts that cannot be cut to `max_tokens` are skipped. Candidates keep their
-    leading space: they continue "TL;DR:".
+    leading space: they continue "TL;DR:". `doc_id` is the post's id in `load_tldr` (a hash of the
+    whole post; the file has no id field): a post compared twice has one `doc_id`, which keeps its
+    comparisons on one side of the reward model's hold-out split (`reward.split_labels`).
     """
     path = path or _data_file("tldr", "preference_dataset.jsonl")
     records = []
@@ -250,9 +251,11 @@ def read_tldr_comparisons(
         query = format_query("tldr", post, tokenizer, max_tokens)
         if query is None:
             continue
+        doc_id = _post_id(post)
         records.append(
             {
-                "id": f"{_post_id(post)}-{lineno}",
+                "id": f"{doc_id}-{lineno}",
+                "doc_id": doc_id,
                 "query": query,
                 "responses": [row["candidate_0"], row["candidate_1"]],
                 "best": int(row["choice"]),
