@@ -81,7 +81,7 @@ class StaticSampler:
     @torch.no_grad()
     def __call__(self, policy, query_ids, query_mask, *, response_length: int, temperature: float):
         """(B, Q) queries -> responses (B, R), log-probs (B, R) and values (B, R), all float32 where real."""
-        lm, R, T = policy.lm, response_length, temperature
+        lm, R = policy.lm, response_length
         B, Q = query_ids.shape
         dtype = torch.get_autocast_dtype(query_ids.device.type) if torch.is_autocast_enabled(query_ids.device.type) else next(lm.parameters()).dtype
         cache = self._cache(lm, B, Q + R, query_ids.device, dtype)
