@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
+from fast_path_fixtures import queries, tiny_policy
 
 from lmpref.accel import StaticSampler, fit_micro_batch
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, load_causal_lm, load_tokenizer
+from lmpref.models import load_tokenizer
 from lmpref.ppo import make_optimizer, ppo_update, rollout, train_policy
 from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left
-from lmpref.tasks import Query
 
 R, T = 6, 0.7
 
@@ -22,17 +22,11 @@ def tok():
 
 @pytest.fixture(scope="module")
 def policy():
-    torch.manual_seed(0)
-    p = PolicyWithValue(load_causal_lm("tiny-gpt2")).eval()
-    torch.nn.init.normal_(p.value_head.weight, std=0.5)  # zero-initialised otherwise: values would all be 0
-    for m in p.modules():  # dropout draws differ with the micro-batch split; the paper's PPO has none
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return p
+    return tiny_policy()
 
 
 def _queries(tok, n=6):
-    return [Query(id=str(i), text="", ids=tok.encode(f"Once upon a time {'there ' * (i % 3)}was {i}")) for i in range(n)]
+    return queries(tok, n)
 
 
 def _batch(tok, n=6):

@@ -10,13 +10,13 @@ import copy
 
 import pytest
 import torch
+from fast_path_fixtures import queries, tiny_policy
 
 from lmpref.accel import StaticSampler, autocast
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, load_causal_lm, load_tokenizer
+from lmpref.models import load_tokenizer
 from lmpref.ppo import train_policy
 from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left
-from lmpref.tasks import Query
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run in a GPU session)")]
 R, T = 8, 0.7
@@ -29,17 +29,11 @@ def tok():
 
 @pytest.fixture(scope="module")
 def policy():
-    torch.manual_seed(0)
-    p = PolicyWithValue(load_causal_lm("tiny-gpt2")).cuda().eval()
-    torch.nn.init.normal_(p.value_head.weight, std=0.5)
-    for m in p.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return p
+    return tiny_policy().cuda()
 
 
 def _queries(tok, n=16):
-    return [Query(id=str(i), text="", ids=tok.encode(f"Once upon a time {'there ' * (i % 3)}was {i}")) for i in range(n)]
+    return queries(tok, n)
 
 
 def _batch(tok, n=16):
