@@ -32,17 +32,21 @@ def _config(args):
     return make_config(args.preset, args.scale, overrides)
 
 
+def _finish(result: dict, done: str) -> int:
+    """Exit status of a run: 3 when the Andon cord or a guard stopped it (resume with --resume), else 0."""
+    if "stopped" in result:
+        print(f"[lmpref] stopped: {result['stopped']}")
+        return 3
+    print(f"[lmpref] {done}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from lmpref.pipeline import run_offline
 
     cfg = _config(args)
     print(f"[lmpref] run {cfg.preset} at scale {cfg.scale}, model {cfg.model.name}, seed {cfg.seed} -> {cfg.resolved_run_dir()}")
-    result = run_offline(cfg, resume=args.resume)
-    if "stopped" in result:
-        print(f"[lmpref] stopped: {result['stopped']}")
-        return 3
-    print(f"[lmpref] results in {cfg.resolved_run_dir()}/eval.json")
-    return 0
+    return _finish(run_offline(cfg, resume=args.resume), f"results in {cfg.resolved_run_dir()}/eval.json")
 
 
 def cmd_sample(args) -> int:
@@ -192,12 +196,7 @@ def cmd_experiment(args) -> int:
     cfg = _config(args)
     e = cfg.experiment
     print(f"[lmpref] {e.mode} experiment {cfg.preset} at scale {cfg.scale}, model {cfg.model.name}, seed {cfg.seed} -> {cfg.resolved_run_dir()}")
-    result = run_experiment(cfg, db=args.db, resume=args.resume)
-    if "stopped" in result:
-        print(f"[lmpref] stopped: {result['stopped']}")
-        return 3
-    print(f"[lmpref] experiment finished: {cfg.resolved_run_dir()}/experiment.json")
-    return 0
+    return _finish(run_experiment(cfg, db=args.db, resume=args.resume), f"experiment finished: {cfg.resolved_run_dir()}/experiment.json")
 
 
 def cmd_label_worker(args) -> int:

@@ -1,6 +1,12 @@
+import time
+
 import pytest
+from fastapi.testclient import TestClient
 from web_helpers import bearer, enqueue
-from web_store_fixtures import record
+from web_store_fixtures import record, sqlite_url
+
+from lmpref import store
+from lmpref.web import Settings, create_app
 
 LABELER_ENDPOINTS = [
     ("GET", "/api/me"),
@@ -201,14 +207,6 @@ def test_a_comparison_refuses_a_rating(app, client, tokens):
 def test_the_server_lease_frees_an_unanswered_slot(tmp_path):
     """A task served to ann and left unanswered blocks its one slot for `lease_minutes`, then bob may
     take it; ann's late answer is still accepted."""
-    import time
-
-    from fastapi.testclient import TestClient
-    from web_store_fixtures import sqlite_url
-
-    from lmpref import store
-    from lmpref.web import Settings, create_app
-
     def server(lease_minutes):
         app = create_app(Settings(db_url=sqlite_url(tmp_path), min_seconds=0.0, lease_minutes=lease_minutes))
         return app, TestClient(app)
@@ -227,7 +225,5 @@ def test_the_server_lease_frees_an_unanswered_slot(tmp_path):
 
 @pytest.mark.parametrize("minutes", [0.0, -1.0])
 def test_a_lease_must_be_positive(minutes):
-    from lmpref.web import Settings
-
     with pytest.raises(ValueError, match="lease_minutes must be > 0"):
         Settings(db_url="sqlite://", lease_minutes=minutes)
