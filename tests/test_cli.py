@@ -99,3 +99,13 @@ def test_train_reward_human_holds_out_whole_posts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (f"split by post: {metrics['n_train_posts']} posts / {metrics['n_train']} comparisons to train on, "
             f"{metrics['n_heldout_posts']} posts / {metrics['n_heldout']} comparisons held out") in printed
+
+
+def test_a_stopped_run_exits_3_and_says_why(capsys):
+    """`lmpref run` and `lmpref experiment` exit 3 when the Andon cord or a guard stopped them."""
+    from lmpref.cli import _finish
+
+    assert _finish({"stopped": "andon pulled by ann: flipped sign?"}, "results in x") == 3
+    assert "stopped: andon pulled by ann: flipped sign?" in capsys.readouterr().out
+    assert _finish({"win_rate": 0.6}, "results in x") == 0
+    assert "results in x" in capsys.readouterr().out
