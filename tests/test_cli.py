@@ -109,3 +109,15 @@ def test_a_stopped_run_exits_3_and_says_why(capsys):
     assert "stopped: andon pulled by ann: flipped sign?" in capsys.readouterr().out
     assert _finish({"win_rate": 0.6}, "results in x") == 0
     assert "results in x" in capsys.readouterr().out
+
+
+def test_only_train_policy_runs_under_a_multi_process_launch(capsys, monkeypatch, tmp_path):
+    """`accelerate launch` would run any other command once per process, each writing the same files."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", "--preset", "test", "--scale", "tiny", "--model", "tiny-gpt2", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "`lmpref run` runs in one process, but this is one of 2" in err and "launch only `lmpref train-policy`" in err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["sample", "--preset", "nonexistent", "--out", str(tmp_path / "s.jsonl")]) == 2  # one process: the command itself runs (and finds the bad preset)
+    assert "one of" not in capsys.readouterr().err

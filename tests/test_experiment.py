@@ -238,6 +238,45 @@ def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_
     assert (run_dir / "policy/config.json").exists()
 
 
+def test_batched_run_killed_between_rounds_resumes_exactly(tmp_path):
+    """SIGKILL a batched run (2 rounds, 2 updates each) after round 1's samples are drawn from the
+    round-0 policy but not enqueued, after they are enqueued, after round 1's reward model is trained,
+    and between round 1's updates. The samples drawn before a kill are the ones enqueued after it,
+    every batch is enqueued once, every label kept, and no update runs twice."""
+    w = Workers(tmp_path).start()
+    run_dir = tmp_path / "run"
+    argv = _experiment_argv(w, run_dir, "batched", {"experiment.rounds": 2, "ppo.total_episodes": 64})
+
+    def loop(kill_at: str | None, resume: bool = True) -> int:
+        env = {**os.environ, "LMPREF_TEST_KILL_AT": kill_at or ""}
+        return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300).returncode
+
+    def steps() -> list[int]:
+        return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
+
+    samples = run_dir / "rounds/round-001/samples.jsonl"
+    assert loop("sampled:1", resume=False) == -9  # round 0 labeled and trained on, 2 updates, round 1 sampled
+    assert steps() == [1, 2] and batch_tasks(w) == {"round-000": 11}
+    drawn = samples.read_bytes()
+    assert "policy:update-000002" in drawn.decode()  # drawn from the policy after round 0's PPO
+    assert loop("enqueued:1") == -9
+    assert samples.read_bytes() == drawn and batch_tasks(w) == {"round-000": 11, "round-001": 5}
+    assert loop("reward:1") == -9  # waited for round 1's labels, trained its reward model
+    assert (run_dir / "reward_models/round-001/config.json").exists() and steps() == [1, 2]
+    assert loop("ppo:1") == -9  # killed after update 3, between round 1's updates
+    assert steps() == [1, 2, 3]
+    assert loop(None) == 0
+    w.join()
+    assert steps() == [1, 2, 3, 4]  # nothing repeated: every kill fell between whole steps
+    assert samples.read_bytes() == drawn and batch_tasks(w) == {"round-000": 11, "round-001": 5}
+    with w.session() as s:
+        p = store.progress(s, run=RUN)
+        assert p.labels == p.tasks == 16 == sum(w.counts) and p.queue_depth == 0
+    state = json.loads((run_dir / "experiment.json").read_text())
+    assert state["finished"] and state["rounds"][1]["policy_update"] == 2 and state["rounds"][1]["labels"] == 16
+    assert (run_dir / "policy/config.json").exists()
+
+
 def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
     """Labels come from an oracle that *is* the reward model the loop starts from (same trunk, same
     seeded head; trained with lr ~0 it stays that model), so the reward model agrees with its

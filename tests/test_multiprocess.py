@@ -1,16 +1,28 @@
-"""Two processes (gloo, CPU) through accelerate's DDP: both ranks end with the same parameters, the
-parameters moved, each rank rolled out its own share of the queries, and β is the same everywhere.
+"""Two processes (gloo, CPU) through accelerate, the way `accelerate launch` starts them.
 
-The test starts this file twice as a worker (LMPREF_MP_OUT set), with the environment variables
+- DDP, `train_policy` directly: both ranks end with the same parameters, the parameters moved, each
+  rank rolled out its own share of the queries, and β is the same everywhere.
+- DDP and FSDP2 through the real `step_train_policy`, the FSDP2 run stopped after one update and
+  resumed from its checkpoint: both end with the same policy, so sharding, gathering for the rollout,
+  whole-state checkpoints and resuming change no number.
+
+accelerate turns FSDP on only when there is an accelerator; on CPU the FSDP2 worker puts accelerate's
+shared state where `accelerate launch --use_fsdp --fsdp_version 2` puts it on GPUs, so the pipeline's
+own `Accelerator()` prepares the model through accelerate's real FSDP2 path (`fully_shard`).
+
+The tests start this file twice as a worker (LMPREF_MP_OUT set), with the environment variables
 `accelerate launch` / torchrun would set.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 WORLD = 2
@@ -49,17 +61,130 @@ def _worker(out: Path) -> None:
                 "ddp": type(ddp_policy).__name__}, out / f"rank{rank}.pt")
 
 
-def test_two_processes_agree(tmp_path):
+PIPELINE = {"ppo.total_episodes": 48, "ppo.batch_size": 16, "ppo.minibatches": 2, "ppo.epochs": 2, "ppo.lr": 1e-3,
+            "ppo.checkpoint_every": 1, "model.trainable_layers": -1}
+
+
+def _fsdp2_on_cpu():
+    """Put accelerate's shared state where `accelerate launch --use_fsdp --fsdp_version 2` puts it."""
+    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    # no block class named: PolicyWithValue passes on the LM's own (GPT2Block)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    Accelerator(cpu=True)
+    PartialState._shared_state["distributed_type"] = AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+
+
+def _pipeline_worker(out: Path, mode: str) -> None:
+    """`step_train_policy` as `lmpref train-policy` runs it; under FSDP2 stopped after update 1 (the
+    Andon cord, read on the main process only) and resumed."""
+    import lmpref.ppo
+    from lmpref.config import make_config
+    from lmpref.pipeline import step_train_policy
+
+    torch.set_num_threads(1)
+    if mode == "fsdp":
+        _fsdp2_on_cpu()
+    seen, train_policy = {}, lmpref.ppo.train_policy
+
+    def spy(policy, *args, **kwargs):
+        from torch.distributed.fsdp import FSDPModule
+
+        seen.setdefault("wrapper", type(policy).__name__)
+        seen.setdefault("param", type(next(policy.parameters())).__name__)
+        seen.setdefault("sharded", sorted({type(m).__name__ for m in policy.modules() if isinstance(m, FSDPModule)}))
+        return train_policy(policy, *args, **kwargs)
+
+    lmpref.ppo.train_policy = spy
+    # FSDP2 samples with the static-cache sampler (it calls the trunk directly; DDP's HF generate draws the same tokens)
+    cfg = make_config("test", "tiny", {**PIPELINE, "ppo.fast_sampling": "on" if mode == "fsdp" else "off"})
+    run_dir, rm = out / f"run-{mode}", out / "rm"
+    if mode == "fsdp":
+        first = step_train_policy(cfg, rm, run_dir, should_stop=lambda: "test stop" if (run_dir / "checkpoints" / "latest").exists() else None)
+        seen["first"] = first
+        seen["resumed"] = step_train_policy(cfg, rm, run_dir, resume=True)
+    else:
+        seen["resumed"] = step_train_policy(cfg, rm, run_dir)
+    torch.save(seen, out / f"{mode}-rank{int(os.environ['RANK'])}.pt")
+
+
+def _launch(tmp_path: Path, mode: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
     for rank in range(WORLD):
-        env = {**os.environ, "LMPREF_MP_OUT": str(tmp_path), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "LMPREF_MP_OUT": str(tmp_path), "LMPREF_MP_MODE": mode, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
         procs.append(subprocess.Popen([sys.executable, __file__], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    logs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
+    logs = [p.communicate(timeout=600)[0].decode()[-3000:] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n\n".join(logs)
+
+
+def test_ddp_and_fsdp2_with_a_resume_train_the_same_policy(tmp_path):
+    from safetensors.torch import load_file
+
+    from lmpref.models import RewardModel, load_tokenizer
+
+    torch.manual_seed(0)
+    RewardModel.from_lm("tiny-gpt2").save(tmp_path / "rm")
+    load_tokenizer("tiny-gpt2").save_pretrained(tmp_path / "rm")
+    _launch(tmp_path, "ddp")
+    _launch(tmp_path, "fsdp")
+    ddp, fsdp = torch.load(tmp_path / "ddp-rank0.pt"), torch.load(tmp_path / "fsdp-rank0.pt")
+    assert (ddp["wrapper"], ddp["param"]) == ("DistributedDataParallel", "Parameter")
+    assert (fsdp["wrapper"], fsdp["param"]) == ("FSDPPolicyWithValue", "DTensor")  # sharded in place by fully_shard
+    assert fsdp["sharded"] == ["FSDPGPT2Block", "FSDPPolicyWithValue"]  # block by block, the rest at the root
+    assert fsdp["first"] == {"update": 1, "kl_coef": fsdp["first"]["kl_coef"], "stopped": "test stop"}
+    assert ddp["resumed"] == fsdp["resumed"] and ddp["resumed"]["update"] == 3  # same β after the same KLs
+    assert torch.load(tmp_path / "fsdp-rank1.pt")["resumed"] == fsdp["resumed"]
+    # the checkpoint's optimizer state is keyed by parameter name, whole (not one rank's shard)
+    moments = torch.load(tmp_path / "run-fsdp" / "checkpoints" / "update-000003" / "optimizer.pt")
+    assert moments["state"]["value_head.weight"]["exp_avg"].shape == (1, 64)
+    a, b = (load_file(str(tmp_path / f"run-{m}" / "policy" / "model.safetensors")) for m in ("ddp", "fsdp"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"DDP and FSDP2 disagree on {k}")
+    initial = load_file(str(tmp_path / "rm" / "model.safetensors"))
+    moved = [k for k in a if k in initial and not torch.allclose(a[k], initial[k])]
+    assert any(".h.1." in k for k in moved), moved
+    heads = [load_file(str(tmp_path / f"run-{m}" / "policy" / "value_head.safetensors"))["weight"] for m in ("ddp", "fsdp")]
+    torch.testing.assert_close(heads[1], heads[0], rtol=1e-4, atol=1e-5)
+    # the FSDP2 checkpoint of update 2 resumes in one plain process (one format for every launch)
+    from lmpref.config import make_config
+    from lmpref.pipeline import step_train_policy
+
+    one = tmp_path / "run-one"
+    shutil.copytree(tmp_path / "run-fsdp" / "checkpoints", one / "checkpoints")
+    (one / "checkpoints" / "latest").write_text("update-000002")
+    state = step_train_policy(make_config("test", "tiny", PIPELINE), tmp_path / "rm", one, resume=True)
+    assert state["update"] == 3 and (one / "policy" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("launch, fix", [
+    (dict(distributed_type="FSDP", is_fsdp2=False, zero_stage=None), "fsdp_version 2"),
+    (dict(distributed_type="DEEPSPEED", is_fsdp2=False, zero_stage=3), "ZeRO stage 1 or 2"),
+])
+def test_unsupported_launches_are_refused_with_the_fix(launch, fix):
+    from accelerate.utils import DistributedType
+
+    from lmpref.accel import check_supported
+
+    acc = SimpleNamespace(distributed_type=DistributedType[launch["distributed_type"]], is_fsdp2=launch["is_fsdp2"],
+                          state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=launch["zero_stage"])))
+    with pytest.raises(ValueError, match=fix):
+        check_supported(acc)
+    for fine in (dict(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))),
+                 dict(distributed_type=DistributedType.FSDP, is_fsdp2=True, state=SimpleNamespace()),
+                 dict(distributed_type=DistributedType.MULTI_GPU, is_fsdp2=False, state=SimpleNamespace())):
+        check_supported(SimpleNamespace(**fine))
+
+
+def test_two_processes_agree(tmp_path):
+    _launch(tmp_path, "train_policy")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     assert r0["ddp"] == "DistributedDataParallel"
     for k, v in r0["params"].items():
@@ -72,4 +197,7 @@ def test_two_processes_agree(tmp_path):
 
 
 if __name__ == "__main__" and os.environ.get("LMPREF_MP_OUT"):
-    _worker(Path(os.environ["LMPREF_MP_OUT"]))
+    if os.environ["LMPREF_MP_MODE"] == "train_policy":
+        _worker(Path(os.environ["LMPREF_MP_OUT"]))
+    else:
+        _pipeline_worker(Path(os.environ["LMPREF_MP_OUT"]), os.environ["LMPREF_MP_MODE"])

@@ -13,8 +13,8 @@ checked against its plain twin on CPU in tests/test_fast_paths.py:
 
 Flags take 'on' | 'off' | 'auto'; 'auto' means on with CUDA, off on CPU.
 
-Multi-GPU goes through `accelerate.Accelerator` (DDP, DeepSpeed, FSDP); `accelerator=None` everywhere
-means one plain process. Shapes: B batch, Q query length, R response length, D hidden, V vocab.
+Multi-GPU goes through `accelerate.Accelerator`: DDP, FSDP2 (parameters sharded; `gathered` gathers
+them for the rollout) and DeepSpeed ZeRO-1/2. `accelerator=None` everywhere means one plain process. Shapes: B batch, Q query length, R response length, D hidden, V vocab.
 """
 
 from __future__ import annotations
@@ -169,3 +169,91 @@ def no_sync(model, accelerator, sync: bool):
 def mean_across(x: torch.Tensor, accelerator) -> torch.Tensor:
     """Mean of a tensor over processes (the KL that drives β must be the same everywhere)."""
     return x if accelerator is None or accelerator.num_processes == 1 else accelerator.reduce(x, reduction="mean")
+
+
+def from_main(value, accelerator):
+    """The main process's `value` on every process (a decision such as the Andon cord's must be taken
+    once: a process that stopped while another went on would hang the next collective)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def check_supported(accelerator) -> None:
+    """Refuse the launch configurations the loop cannot run, with the fix."""
+    if accelerator is None:
+        return
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError("FSDP version 1 is not supported: launch with FSDP version 2 "
+                         "(`accelerate launch --use_fsdp --fsdp_version 2 ...`, or fsdp_version: 2 in the config file)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        raise ValueError("DeepSpeed ZeRO-3 is not supported (the rollout would need every parameter gathered): "
+                         "use FSDP version 2 to shard parameters, or ZeRO stage 1 or 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded parameters (FSDP2) and whole-state checkpoints
+
+
+def _fsdp_modules(model) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(model, accelerator=None):
+    """Under FSDP2, every parameter gathered for the block (the rollout's forwards call the trunk past
+    the root module's hooks, and a decode step per token should not re-gather each layer), sharded
+    again after; otherwise nothing. Gathering needs the whole model's memory on every process."""
+    modules = _fsdp_modules(model)
+    if not modules:
+        yield
+        return
+    plugin = getattr(accelerator.state, "fsdp_plugin", None) if accelerator is not None else None
+    reshard = getattr(plugin, "reshard_after_forward", True)
+    reshard = reshard if isinstance(reshard, bool) else True
+    root, inner = modules[0], modules[1:]  # FSDP never reshards the root after forward
+    # FSDP2 finds its root at the first forward, which must go through the root; the rollout's first
+    # forward may call the trunk directly, so settle the root first (torch has no public call for
+    # this; tests/test_multiprocess.py fails if that changes).
+    root._get_fsdp_state()._lazy_init()
+    for m in modules:
+        m.unshard()
+    for m in inner:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in inner:
+            m.set_reshard_after_forward(reshard, recurse=False)
+        for m in modules:
+            m.reshard()
+
+
+def full_model_state(model) -> dict:
+    """The whole model's state dict by parameter name on the CPU (empty on processes other than the
+    main one when distributed). Collective under FSDP: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """The optimizer's whole state keyed by parameter name (so a checkpoint written by one launch,
+    sharded or not, loads into any other), like `full_model_state`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    """Load a `full_optimizer_state` (every process passes the whole dict) into an optimizer over
+    `model`'s parameters, sharding it where the model is sharded."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

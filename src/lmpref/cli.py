@@ -323,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_process_unless_ppo(args) -> None:
+    """Only PPO is written for several processes; any other command started by `accelerate launch`
+    would run once per process, each writing the same files."""
+    import os
+
+    from lmpref.config import ConfigError
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and args.func is not cmd_train_policy:
+        raise ConfigError(f"`lmpref {args.command}` runs in one process, but this is one of {world} started by accelerate launch / torchrun: "
+                          "run it plainly, and launch only `lmpref train-policy` on several processes "
+                          "(e.g. `lmpref sample`, `label` and `train-reward` plainly, then `accelerate launch ... -m lmpref.cli train-policy`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lmpref.config import ConfigError
     from lmpref.io import DataError, ModelLoadError
@@ -330,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        _one_process_unless_ppo(args)
         return args.func(args) or 0
     except (ConfigError, DataError, ModelLoadError, StoreError, FileExistsError) as e:
         print(f"lmpref: error: {e}", file=sys.stderr)

@@ -201,6 +201,12 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(lm.parameters()).dtype)
 
+    @property
+    def _no_split_modules(self):
+        """The LM's block classes: what accelerate's FSDP2 TRANSFORMER_BASED_WRAP shards one by one
+        when no `--fsdp_transformer_layer_cls_to_wrap` is given."""
+        return getattr(self.lm, "_no_split_modules", None)
+
     def forward(self, input_ids, attention_mask, response_length: int, temperature: float = 1.0, with_values: bool = True):
         """Logits for the R response tokens (from the positions that predict them) and their values.
 
@@ -216,11 +222,25 @@ class PolicyWithValue(nn.Module):
         return logits, values
 
     def save(self, path: str | Path) -> None:
+        self.save_state(self.state_dict(), path, like=self)
+
+    @staticmethod
+    def save_state(state: dict, path: str | Path, *, like: "PolicyWithValue") -> None:
+        """Save a whole state dict of a PolicyWithValue shaped as `like` (gathered from shards, say):
+        the LM as a transformers model, the value head beside it."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        self.lm.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(path / "value_head.safetensors"))
+        lm = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+        head = {k.removeprefix("value_head."): v.contiguous() for k, v in state.items() if k.startswith("value_head.")}
+        if len(lm) + len(head) != len(state) or not head:
+            raise ValueError(f"not a PolicyWithValue state dict: keys {sorted(state)[:4]}...")
+        names: dict[int, list[str]] = {}
+        for name, p in like.lm.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name)
+        tied = {n for group in names.values() for n in group[1:]}  # lm_head tied to the embedding: saved once
+        like.lm.save_pretrained(path, state_dict={k: v for k, v in lm.items() if k not in tied})
+        save_file(head, str(path / "value_head.safetensors"))
 
     @classmethod
     def load(cls, path: str | Path, cache_dir: str = "", dtype: str = "float32") -> "PolicyWithValue":

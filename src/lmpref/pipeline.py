@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from lmpref.accel import check_supported, full_model_state, full_optimizer_state, load_optimizer_state
 from lmpref.config import RunConfig, save_config
 from lmpref.eval_steps import step_evaluate
 from lmpref.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
@@ -167,16 +168,21 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
     return metrics
 
 
-def _checkpoint_fn(run_dir: Path, policy: PolicyWithValue, tok):
+def _checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
+    """Called on every process (a sharded model's state is gathered collectively); writes on the main
+    one. The optimizer state is keyed by parameter name, so any launch can resume any checkpoint."""
     ckpts = run_dir / "checkpoints"
 
     def save(update: int, state: dict, optimizer) -> None:
+        weights, moments = full_model_state(policy), full_optimizer_state(policy, optimizer)
+        if not is_main:
+            return
         final = ckpts / f"update-{update:06d}"
         tmp = ckpts / f".update-{update:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
+        PolicyWithValue.save_state(weights, tmp, like=_plain(policy))
         tok.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(moments, tmp / "optimizer.pt")
         atomic_write_text(tmp / "state.json", json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -185,6 +191,11 @@ def _checkpoint_fn(run_dir: Path, policy: PolicyWithValue, tok):
             shutil.rmtree(old, ignore_errors=True)
 
     return save
+
+
+def _plain(model):
+    """The PolicyWithValue inside a DDP wrapper (FSDP2 shards in place and wraps nothing)."""
+    return getattr(model, "module", model)
 
 
 def _then(log, after):
@@ -234,26 +245,26 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
     rm.requires_grad_(False)
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.ppo)
+    check_supported(accelerator)
+    policy, optimizer = accelerator.prepare(policy, optimizer)  # DDP wraps; FSDP2 shards in place
     state = None
     if ckpt:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
+        load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
         state = json.loads((ckpt / "state.json").read_text())
         print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
-    plain_policy = policy
-    policy, optimizer = accelerator.prepare(policy, optimizer)
     source = make_query_source(tok, cfg.task, "train")
     state = train_policy(
         policy, ref, rm, tok, lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"), cfg.ppo, cfg.task,
         seed=cfg.seed, device=device, state=state, optimizer=optimizer,
         log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), after_log) if accelerator.is_main_process else None,
-        checkpoint=_checkpoint_fn(run_dir, plain_policy, tok),
+        checkpoint=_checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
         should_stop=should_stop, forward_batch=cfg.sample.batch_size, accelerator=accelerator,
     )
-    policy = plain_policy
-    if not state.get("stopped") and accelerator.is_main_process:
+    weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
+    if weights is not None and accelerator.is_main_process:
         tmp = run_dir / ".policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
+        PolicyWithValue.save_state(weights, tmp, like=_plain(policy))
         tok.save_pretrained(tmp)
         shutil.rmtree(run_dir / "policy", ignore_errors=True)
         tmp.rename(run_dir / "policy")

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmpref.accel import PhaseTimer, StaticSampler, autocast, backward, enabled, fit_micro_batch, mean_across, no_sync, rank_world, unwrap
+from lmpref.accel import (PhaseTimer, StaticSampler, autocast, backward, check_supported, enabled, fit_micro_batch, from_main, gathered, mean_across,
+                          no_sync, rank_world, unwrap)
 from lmpref.config import PPOConfig, TaskConfig
 from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left, postprocess
 
@@ -237,7 +238,8 @@ def micro_batch_from_memory(policy, ro: Rollout, cfg: PPOConfig, task: TaskConfi
     backward fit in memory, leaving room for Adam's two moments (not allocated before the first step)."""
     B, R = ro.responses.shape
     ids, mask = cat_query_response(ro.query_ids, ro.query_mask, ro.responses)
-    adam_bytes = 2 * sum(p.numel() * 4 for p in policy.parameters() if p.requires_grad)
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in policy.parameters() if p.requires_grad]  # this process's FSDP shard
+    adam_bytes = 2 * sum(p.numel() * 4 for p in local)
 
     def try_batch(n: int) -> None:
         if ids.is_cuda:
@@ -277,8 +279,11 @@ def train_policy(
     (the Andon cord): a reason string halts the run after checkpointing.
 
     With an `accelerate.Accelerator` (policy and optimizer already `prepare`d) each process rolls out
-    its share of the batch (queries rank::world), DDP all-reduces the gradients, and only the main
-    process logs and checkpoints."""
+    its share of the batch (queries rank::world), DDP all-reduces the gradients (FSDP2 reduce-scatters
+    them to the shards and gathers the parameters for each rollout), the main process alone logs and
+    decides whether to stop, and `checkpoint` is called on every process (gathering a sharded state
+    is collective; the callback writes on the main process only)."""
+    check_supported(accelerator)
     num_updates = cfg.total_episodes // cfg.batch_size
     rank, world = rank_world(accelerator)
     if cfg.batch_size % (world * cfg.minibatches):
@@ -292,7 +297,7 @@ def train_policy(
     micro = None  # resolved on the first update when cfg.micro_batch_size is -1 (fit to memory)
     bar = tqdm(total=num_updates, initial=state["update"], desc="PPO", unit="update", disable=rank != 0)
     while state["update"] < num_updates:
-        if should_stop and (reason := should_stop()):
+        if should_stop and (reason := from_main(should_stop() if rank == 0 else None, accelerator)):
             state["stopped"] = reason
             break
         update = state["update"] + 1
@@ -302,7 +307,7 @@ def train_policy(
         timer = PhaseTimer(device)
         torch.manual_seed((seed * 1_000_003 + update) * world + rank)  # sampling noise is a function of (seed, update, rank)
         queries = next_queries(update, cfg.batch_size)[rank::world]
-        with timer("rollout"), autocast(device, cfg.mixed_precision):
+        with timer("rollout"), gathered(policy, accelerator), autocast(device, cfg.mixed_precision):
             ro = rollout(unwrap(policy, accelerator), ref, reward_fn, tokenizer, queries, task, forward_batch=forward_batch, device=device, sampler=sampler, timer=timer)
         if micro is None and cfg.micro_batch_size == -1:
             micro = micro_batch_from_memory(policy, ro, cfg, task)
@@ -317,9 +322,9 @@ def train_policy(
             log(stats)
         bar.update()
         bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}")
-        if checkpoint and rank == 0 and (update % cfg.checkpoint_every == 0 or update == num_updates):
+        if checkpoint and (update % cfg.checkpoint_every == 0 or update == num_updates):
             checkpoint(update, state, optimizer)
     bar.close()
-    if state.get("stopped") and checkpoint and rank == 0:
+    if state.get("stopped") and checkpoint:
         checkpoint(state["update"], state, optimizer)
     return state
