@@ -164,6 +164,35 @@ def test_ddp_and_fsdp2_with_a_resume_train_the_same_policy(tmp_path):
     assert state["update"] == 3 and (one / "policy" / "model.safetensors").exists()
 
 
+def test_the_documented_cpu_launch_trains_as_one_job(tmp_path):
+    """docs/multi-gpu.md's CPU line, `ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m lmpref.cli
+    train-policy ...`, exactly. Without the variable accelerate sees one process in each of the two,
+    and the command refuses with the fix instead of training twice into the same files."""
+    import json
+
+    from lmpref.models import RewardModel, load_tokenizer
+
+    torch.manual_seed(0)
+    RewardModel.from_lm("tiny-gpt2").save(tmp_path / "rm")
+    load_tokenizer("tiny-gpt2").save_pretrained(tmp_path / "rm")
+
+    def launch(run_dir: Path, **env):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmpref.cli", "train-policy",
+               "--preset", "test", "--scale", "tiny", "--reward-model", str(tmp_path / "rm"), "--run-dir", str(run_dir),
+               "--set", "ppo.total_episodes=32", "--set", "ppo.batch_size=16", "--set", "ppo.minibatches=2"]
+        base = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+        return subprocess.run(cmd, env={**base, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=600)
+
+    ok = launch(tmp_path / "run", ACCELERATE_USE_CPU="true")
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    assert ok.stdout.count("saved the policy") == 1  # one job: the main process reports
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and (tmp_path / "run" / "policy" / "model.safetensors").exists()
+    bad = launch(tmp_path / "bad")
+    assert bad.returncode != 0 and "started as one of 2 processes, but accelerate sees 1" in bad.stderr
+    assert "ACCELERATE_USE_CPU=true" in bad.stderr and not (tmp_path / "bad" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("launch, fix", [
     (dict(distributed_type="FSDP", is_fsdp2=False, zero_stage=None), "fsdp_version 2"),
     (dict(distributed_type="DEEPSPEED", is_fsdp2=False, zero_stage=3), "ZeRO stage 1 or 2"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def cmd_train_policy(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0") or 0):
+        return 3 if state.get("stopped") else 0  # the main process reports
     if state.get("stopped"):
         print(f"stopped after update {state['update']}: {state['stopped']}")
         return 3
@@ -326,8 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_process_unless_ppo(args) -> None:
     """Only PPO is written for several processes; any other command started by `accelerate launch`
     would run once per process, each writing the same files."""
-    import os
-
     from lmpref.config import ConfigError
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

@@ -219,6 +219,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def _check_world(accelerator) -> None:
+    """A launcher that started several processes which accelerate does not see as one job would
+    have each train alone and write the same files."""
+    import os
+
+    from lmpref.config import ConfigError
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world != accelerator.num_processes:
+        raise ConfigError(f"started as one of {world} processes, but accelerate sees {accelerator.num_processes}: "
+                          "on CPU set ACCELERATE_USE_CPU=true (e.g. `ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m lmpref.cli "
+                          "train-policy ...`; `accelerate launch --cpu` starts one process unless MPI is set up); on GPUs use `accelerate launch`")
+
+
 def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None, after_log=None) -> dict:
     """PPO into run_dir (checkpoints/, metrics.jsonl, policy/). `should_stop()` is read between
     updates; `after_log(row)` is called with each update's metrics row once it is logged and before
@@ -231,6 +245,7 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     setup(cfg)
     # One process: a no-op wrapper. Under `accelerate launch`: DDP (or DeepSpeed / FSDP) from its config.
     accelerator = Accelerator()
+    _check_world(accelerator)
     device = accelerator.device
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     ckpt = latest_checkpoint(run_dir) if resume else None
