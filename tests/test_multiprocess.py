@@ -201,10 +201,11 @@ def test_unsupported_launches_are_refused_with_the_fix(launch, fix):
     from accelerate.utils import DistributedType
 
     from lmpref.accel import check_supported
+    from lmpref.config import ConfigError
 
     acc = SimpleNamespace(distributed_type=DistributedType[launch["distributed_type"]], is_fsdp2=launch["is_fsdp2"],
                           state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=launch["zero_stage"])))
-    with pytest.raises(ValueError, match=fix):
+    with pytest.raises(ConfigError, match=fix):  # the CLI prints it as `lmpref: error: ...`
         check_supported(acc)
     for fine in (dict(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))),
                  dict(distributed_type=DistributedType.FSDP, is_fsdp2=True, state=SimpleNamespace()),

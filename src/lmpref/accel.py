@@ -14,7 +14,8 @@ checked against its plain twin on CPU in tests/test_fast_paths.py:
 Flags take 'on' | 'off' | 'auto'; 'auto' means on with CUDA, off on CPU.
 
 Multi-GPU goes through `accelerate.Accelerator`: DDP, FSDP2 (parameters sharded; `gathered` gathers
-them for the rollout) and DeepSpeed ZeRO-1/2. `accelerator=None` everywhere means one plain process. Shapes: B batch, Q query length, R response length, D hidden, V vocab.
+them for the rollout) and DeepSpeed ZeRO-1/2. `accelerator=None` everywhere means one plain process.
+Shapes: B batch, Q query length, R response length, D hidden, V vocab.
 """
 
 from __future__ import annotations
@@ -182,16 +183,19 @@ def from_main(value, accelerator):
 
 
 def check_supported(accelerator) -> None:
-    """Refuse the launch configurations the loop cannot run, with the fix."""
+    """Refuse the launch configurations the loop cannot run, with the fix (a ConfigError: the CLI
+    prints it without a traceback)."""
     if accelerator is None:
         return
     from accelerate.utils import DistributedType
 
+    from lmpref.config import ConfigError
+
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ValueError("FSDP version 1 is not supported: launch with FSDP version 2 "
+        raise ConfigError("FSDP version 1 is not supported: launch with FSDP version 2 "
                          "(`accelerate launch --use_fsdp --fsdp_version 2 ...`, or fsdp_version: 2 in the config file)")
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        raise ValueError("DeepSpeed ZeRO-3 is not supported (the rollout would need every parameter gathered): "
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported (the rollout would need every parameter gathered): "
                          "use FSDP version 2 to shard parameters, or ZeRO stage 1 or 2")
 
 
