@@ -113,13 +113,10 @@ def cmd_train_policy(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
-    if int(os.environ.get("RANK", "0") or 0):
-        return 3 if state.get("stopped") else 0  # the main process reports
-    if state.get("stopped"):
-        print(f"stopped after update {state['update']}: {state['stopped']}")
-        return 3
-    print(f"saved the policy to {run_dir}/policy after {state['update']} updates")
-    return 0
+    stopped = state.get("stopped")
+    if not int(os.environ.get("RANK", "0") or 0):  # under a multi-process launch the main process reports
+        print(f"stopped after update {state['update']}: {stopped}" if stopped else f"saved the policy to {run_dir}/policy after {state['update']} updates")
+    return 3 if stopped else 0
 
 
 def _named_paths(items: list[str]) -> dict[str, Path]:

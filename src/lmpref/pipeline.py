@@ -17,6 +17,7 @@ run_dir/
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lmpref.accel import check_supported, full_model_state, full_optimizer_state, load_optimizer_state
-from lmpref.config import RunConfig, save_config
+from lmpref.config import ConfigError, RunConfig, save_config
 from lmpref.eval_steps import step_evaluate
 from lmpref.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from lmpref.models import PolicyWithValue, RewardModel, freeze_lower_layers, load_causal_lm, load_tokenizer
@@ -222,10 +223,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def _check_world(accelerator) -> None:
     """A launcher that started several processes which accelerate does not see as one job would
     have each train alone and write the same files."""
-    import os
-
-    from lmpref.config import ConfigError
-
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world != accelerator.num_processes:
         raise ConfigError(f"started as one of {world} processes, but accelerate sees {accelerator.num_processes}: "
