@@ -89,6 +89,58 @@ def test_reward_model_beats_chance_on_synthetic_labels(tok):
     assert accuracy(rm, labels[:40], tok.pad_token_id) > 0.5
 
 
+def test_prompted_head_only_reward_model_beats_chance_and_l2sp_holds_it_at_its_prior(tok, tmp_path):
+    """The small scale's reward model: a template after the response, the head started from the LM's
+    unembedding of two words, only the head trained (features computed once), L2-SP toward the start."""
+    from lmpref.pipeline import new_reward_model
+
+    torch.manual_seed(0)
+    rng = random.Random(1)
+    good, bad = list(range(1000, 1010)), list(range(2000, 2010))
+    labels = []
+    for _ in range(400):
+        responses = [[rng.choice(good if rng.random() < rng.random() else bad) for _ in range(6)] for _ in range(4)]
+        counts = [sum(t in good for t in r) for r in responses]
+        if counts.count(max(counts)) == 1:
+            labels.append(Label([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
+    overrides = {"model.name": "tiny-gpt2", "reward.lr": 3e-2, "reward.epochs": 20, "reward.holdout_fraction": 0.25,
+                 "reward.trainable_layers": 0, "reward.pooling": "mean", "reward.template": " Overall it is",
+                 "reward.verbalizer": " good| bad"}
+    cfg = make_config("test", "tiny", overrides)
+    rm = new_reward_model(cfg, "tiny-gpt2", tok, "cpu")
+    a, b = tok.encode(" good")[0], tok.encode(" bad")[0]
+    unembed = load_causal_lm("tiny-gpt2").get_output_embeddings().weight
+    torch.testing.assert_close(rm.clf.score.weight[0], unembed[a] - unembed[b])  # the verbalizer prior
+    assert rm.template.tolist() == tok.encode(" Overall it is")
+    assert not any(p.requires_grad for n, p in rm.named_parameters() if not n.startswith("clf.score"))
+    norm_pairs = [(l.query_ids, r) for l in labels[:16] for r in l.response_ids]
+    m = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=0)
+    assert m["n_heldout"] >= 60 and m["accuracy_after"] > m["chance"] + 0.25 and m["accuracy_after"] > m["accuracy_before"], m
+    rm.save(tmp_path / "rm")
+    loaded = RewardModel.load(tmp_path / "rm")
+    assert loaded.template.tolist() == rm.template.tolist() and loaded.pooling == "mean"
+    held = labels[-20:]
+    assert accuracy(loaded, held, tok.pad_token_id) == accuracy(rm, held, tok.pad_token_id)
+    # A strong L2-SP keeps the head where it started: same prior, (almost) no movement.
+    strong = new_reward_model(make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}), "tiny-gpt2", tok, "cpu")
+    w0 = strong.clf.score.weight.detach().clone()
+    train_reward(strong, labels, norm_pairs, make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}).reward, pad_id=tok.pad_token_id, seed=0)
+    moved_strong = (strong.clf.score.weight - w0).norm().item()
+    moved_free = (rm.clf.score.weight - w0).norm().item()
+    assert moved_strong < 0.1 * moved_free, (moved_strong, moved_free)
+
+
+def test_append_after_writes_the_template_after_each_cut_response():
+    from lmpref.models import append_after
+
+    ids = torch.tensor([[0, 5, 6, 7, 8], [4, 5, 6, 7, 8]])
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    new_ids, new_mask, last = append_after(ids, mask, torch.tensor([2, 4]), torch.tensor([9, 9]))
+    assert new_ids.tolist() == [[0, 5, 6, 9, 9, 0, 0], [4, 5, 6, 7, 8, 9, 9]]
+    assert new_mask.tolist() == [[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]]
+    assert last.tolist() == [4, 6]
+
+
 def test_policy_has_no_dropout_so_the_first_ratio_is_one():
     policy = PolicyWithValue(load_causal_lm("tiny-gpt2")).train()
     ids = torch.randint(0, 1000, (2, 10))

@@ -101,7 +101,17 @@ class RewardConfig:
     norm_samples: int = 256
     """Reference-model samples used to set the gain and bias (mean 0, std 1)."""
     trainable_layers: int = -1
-    """Train only the top N blocks of the reward trunk; -1 = `model.trainable_layers`."""
+    """Train only the top N blocks of the reward trunk; -1 = `model.trainable_layers`; 0 = only the head (on features computed once)."""
+    layers: int = 0
+    """Keep only the lower N blocks of the base model as the reward trunk; 0 = all of them."""
+    pooling: str = "last"
+    """What the head reads: 'last' (the last response token's hidden state, the paper) | 'mean' (the mean over the response tokens)."""
+    weight_decay: float = 0.0
+    """L2 penalty pulling the trained parameters back toward their starting values (L2-SP): with a verbalizer head, toward the zero-shot prior."""
+    template: str = ""
+    """Text appended right after each response before the head reads the last position (a prompted reward model), e.g. "\n\nThe mood of this passage is"; '' = none."""
+    verbalizer: str = ""
+    """'A|B' (e.g. ' positive| negative'): the head starts as the LM's unembedding of token A minus token B, a zero-shot prior the labels refine; '' = a random head."""
 
 
 @dataclass
@@ -150,6 +160,8 @@ class PPOConfig:
     """Save a resumable checkpoint every N updates (and at the end)."""
     mixed_precision: str = "no"
     """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
+    shared_trunk: bool = True
+    """Compute the frozen lower blocks once per rollout sequence (in the sampling pass) and run only the upper ones for ρ, the reward model and every PPO epoch (one process; lmpref.trunk); false = full forwards (same result, slower)."""
     fast_sampling: str = "auto"
     """on | off | auto (CUDA): sample on a static KV cache and keep the policy's log-probs and values from that pass."""
     compile: str = "off"
@@ -251,6 +263,14 @@ class RunConfig:
             raise ConfigError(f"minibatch size {mb} must be divisible by ppo.micro_batch_size={p.micro_batch_size}")
         if p.total_episodes < p.batch_size:
             raise ConfigError(f"ppo.total_episodes={p.total_episodes} is smaller than one batch ({p.batch_size})")
+        if self.reward.verbalizer and (self.reward.verbalizer.count("|") != 1 or not all(self.reward.verbalizer.split("|"))):
+            raise ConfigError(f"reward.verbalizer={self.reward.verbalizer!r}: write two words as 'A|B', e.g. ' positive| negative'")
+        if self.reward.verbalizer and self.reward.layers:
+            raise ConfigError("reward.verbalizer reads the LM's unembedding, which needs the whole trunk: set reward.layers=0")
+        if self.reward.pooling not in ("last", "mean"):
+            raise ConfigError(f"reward.pooling={self.reward.pooling!r}: choose 'last' or 'mean'")
+        if self.reward.layers < 0:
+            raise ConfigError(f"reward.layers={self.reward.layers}: give a number of blocks, or 0 for all of them")
         if not 2 <= self.sample.k <= 16:
             raise ConfigError(f"sample.k={self.sample.k}: choose between 2 and 16 continuations per query")
         if not 0 <= self.task.truncate_after < self.task.response_length:

@@ -13,6 +13,7 @@ only samples, reads and writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from lmpref.config import RunConfig
-from lmpref.evaluate import format_table, human_accuracy, human_win_rates, pairwise_win_rates, sequence_kl, win_rate
+from lmpref.evaluate import format_table, human_accuracy, human_win_rates, pairwise_win_rates, win_rate
 from lmpref.io import DataError, atomic_write_text, read_jsonl, write_jsonl
 from lmpref.models import PolicyWithValue, RewardModel, load_tokenizer
 from lmpref.runtime import load_reference, setup
@@ -42,9 +43,11 @@ def step_evaluate(cfg: RunConfig, policy_path: Path, reward_path: Path | None, o
     from lmpref.labelers import make_labeler
     from lmpref.metrics import lead3_summaries, summary_eval
     from lmpref.ppo import apply_penalty
-    from lmpref.sampling import cat_query_response, generate, pad_left, postprocess
+    from lmpref.sampling import cat_query_response, logprobs_of, pad_left, postprocess
     from lmpref.summarization import SummarizationSource, document_of_query
     from lmpref.tasks import make_query_source
+    from lmpref.trunk import plan as trunk_plan
+    from lmpref.trunk import reward_scores, sample
 
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
@@ -62,6 +65,8 @@ def step_evaluate(cfg: RunConfig, policy_path: Path, reward_path: Path | None, o
     responses = {name: [] for name in models}  # name -> [(text, valid)] per query
     rewards = {name: [] for name in models}
     kls = {name: [] for name in models if name != "ref"}
+    plans = {name: trunk_plan(model.lm, ref.lm, rm) for name, model in models.items()}
+    plans["ref"] = dataclasses.replace(plans["ref"], depth=0)  # ρ against itself: no KL to compute
     with torch.no_grad():
         for s in tqdm(range(0, len(queries), bs), desc="evaluating", unit="batch"):
             chunk = queries[s : s + bs]
@@ -69,14 +74,17 @@ def step_evaluate(cfg: RunConfig, policy_path: Path, reward_path: Path | None, o
             qids, qmask = qids.to(device), qmask.to(device)
             for name, model in models.items():
                 torch.manual_seed(cfg.seed * 31 + s)  # the same noise for every policy: paired comparisons
-                resp = generate(model.lm, qids, qmask, response_length=R, temperature=T, pad_id=tok.pad_token_id)
+                p = plans[name]  # the sampling pass keeps what ρ and the reward model start from (lmpref.trunk)
+                s_ = sample(model.lm, qids, qmask, response_length=R, temperature=T, depths=p.depths)
+                resp = s_.responses
                 lengths, valid = postprocess(resp.cpu(), cfg.task, tok)
                 ids, mask = cat_query_response(qids, qmask, resp)
                 if rm is not None:
-                    r = rm(ids, mask, qids.shape[1] + lengths.to(device) - 1)
+                    r = reward_scores(rm, ids, mask, qids.shape[1] + lengths.to(device) - 1, qids.shape[1], s_.hidden, p.reward_depth)
                     rewards[name] += apply_penalty(r, valid, cfg.task.penalty_reward).tolist()
                 if name in kls:
-                    kls[name] += sequence_kl(model, ref, ids, mask, resp, T).tolist()
+                    ref_logits, _ = ref(ids, mask, R, T, with_values=False, hidden=s_.hidden.get(p.depth), depth=p.depth)
+                    kls[name] += (s_.logprobs - logprobs_of(ref_logits, resp)).sum(1).tolist()  # Σ_t log π − log ρ on π's samples
                 responses[name] += [(tok.decode(x[:n]), bool(v)) for x, n, v in zip(resp.tolist(), lengths.tolist(), valid.tolist())]
     references = [(q.extra or {}).get("reference") for q in queries]
     summarizing = isinstance(source, SummarizationSource)

@@ -99,16 +99,6 @@ def human_accuracy(ratings: list[dict]) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def sequence_kl(policy, ref, ids, mask, responses, temperature: float) -> torch.Tensor:
-    """Sampled estimate of KL(π‖ρ) per episode: Σ_t log π − log ρ on π's own samples. (B,)"""
-    from lmpref.sampling import logprobs_of
-
-    R = responses.shape[1]
-    lp = logprobs_of(policy(ids, mask, R, temperature, with_values=False)[0], responses)
-    rlp = logprobs_of(ref(ids, mask, R, temperature, with_values=False)[0], responses)
-    return (lp - rlp).sum(1)
-
-
 def format_table(result: dict) -> str:
     lo, hi = result["win_rate_ci"]
     rows = [

@@ -14,6 +14,7 @@ Shapes: B batch, T = Q + R tokens (query + response), R response tokens, D hidde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from lmpref.io import ModelLoadError
 
 BUNDLED = "smollm2-135m"
 TINY = "tiny-gpt2"
+POOLINGS = ("last", "mean")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -176,6 +178,59 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
 
+# The lower and the upper pass of a split trunk (lmpref.trunk shares the lower one between models)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the hidden states it needs are captured."""
+
+
+def block_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def lower_hidden(lm: nn.Module, input_ids, attention_mask, depth: int) -> torch.Tensor:
+    """Hidden states after block `depth` - 1 (the input of block `depth`), computing nothing above it.
+    (B, T) -> (B, T, D)."""
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        got["h"] = block_output(output)
+        raise _Stop
+
+    handle = transformer_blocks(lm)[depth - 1].register_forward_hook(hook)
+    try:
+        lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["h"]
+
+
+def _passthrough(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextlib.contextmanager
+def from_depth(lm: nn.Module, hidden: torch.Tensor | None, depth: int):
+    """Inside the block, a forward of `lm`'s trunk skips blocks 0..depth-1 and starts block `depth`
+    from `hidden` (B, T, D): the model's own forward builds the masks and positions as usual."""
+    if hidden is None or depth == 0:
+        yield
+        return
+    skipped = list(transformer_blocks(lm))[:depth]
+    for block in skipped[:-1]:
+        block.forward = _passthrough  # an instance attribute shadows the class's forward
+    skipped[-1].forward = lambda *args, **kwargs: hidden
+    try:
+        yield
+    finally:
+        for block in skipped:
+            del block.forward
+
+
+
 def disable_dropout(model: nn.Module) -> nn.Module:
     """Dropout off everywhere: PPO's ratio π/π_old must be 1 on the first minibatch, and the reward
     model must score the same text the same way (TRL and lm-human-preference-details do the same;
@@ -187,6 +242,34 @@ def disable_dropout(model: nn.Module) -> nn.Module:
         if isinstance(getattr(model.config, key, None), float):
             setattr(model.config, key, 0.0)
     return model
+
+
+def pool_response(hidden: torch.Tensor, last_index: torch.Tensor, query_length: int | None, pooling: str) -> torch.Tensor:
+    """One vector per sequence from its hidden states (B, T, D): the last response token's ('last'),
+    or the mean over the response tokens query_length..last_index ('mean'). -> (B, D)"""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "mean" and query_length is None:
+        raise ValueError("mean pooling needs the padded query length (where the responses start)")
+    if pooling == "last":
+        return hidden[rows, last_index]
+    t = torch.arange(hidden.shape[1], device=hidden.device)  # (T,)
+    inside = (t >= query_length) & (t <= last_index.unsqueeze(1))  # (B, T)
+    w = inside.to(hidden.dtype) / inside.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
+    return torch.einsum("bt,btd->bd", w, hidden)
+
+
+def append_after(ids: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor, tokens: torch.Tensor):
+    """Write `tokens` (m,) right after each sequence's last token and mask out everything after them
+    (a response cut short leaves a tail). (B, T), (B, T), (B,) -> (B, T+m), (B, T+m), new last (B,)."""
+    B, m = ids.shape[0], tokens.shape[0]
+    ids = torch.cat([ids, ids.new_zeros(B, m)], 1)
+    mask = torch.cat([mask, mask.new_zeros(B, m)], 1)
+    at = last_index.unsqueeze(1) + 1 + torch.arange(m, device=ids.device)  # (B, m)
+    ids = ids.scatter(1, at, tokens.expand(B, m))
+    mask = mask.scatter(1, at, torch.ones_like(at, dtype=mask.dtype))
+    end = last_index + m
+    mask = mask * (torch.arange(ids.shape[1], device=ids.device) <= end.unsqueeze(1)).to(mask.dtype)
+    return ids, mask, end
 
 
 class PolicyWithValue(nn.Module):
@@ -207,15 +290,18 @@ class PolicyWithValue(nn.Module):
         when no `--fsdp_transformer_layer_cls_to_wrap` is given."""
         return getattr(self.lm, "_no_split_modules", None)
 
-    def forward(self, input_ids, attention_mask, response_length: int, temperature: float = 1.0, with_values: bool = True):
+    def forward(self, input_ids, attention_mask, response_length: int, temperature: float = 1.0, with_values: bool = True,
+                *, hidden: torch.Tensor | None = None, depth: int = 0):
         """Logits for the R response tokens (from the positions that predict them) and their values.
 
         Only the last R+1 positions go through the LM head: the query positions would cost a vocab-sized
-        matmul each for nothing.
+        matmul each for nothing. With `hidden` (B, T, D) after block `depth` - 1 (lmpref.trunk) the
+        blocks below `depth` are skipped.
         """
-        hidden = self.lm.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-        ).last_hidden_state  # (B, T, D)
+        with from_depth(self.lm, hidden, depth):
+            hidden = self.lm.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+            ).last_hidden_state  # (B, T, D)
         h = hidden[:, -response_length - 1 : -1]  # (B, R, D): position t predicts token t+1
         logits = self.lm.get_output_embeddings()(h).float() / temperature  # (B, R, V)
         values = self.value_head(h).squeeze(-1).float() if with_values else None  # (B, R)
@@ -254,30 +340,59 @@ class PolicyWithValue(nn.Module):
 
 
 class RewardModel(nn.Module):
-    """LM trunk + scalar head read at the last response token, with a fixed gain and bias that make
-    its rewards mean 0 / std 1 on the reference model's samples (the paper normalises before and
-    after training). Saved as a transformers sequence-classification model: `score` is the head and
-    `config.lmpref_reward_gain` / `config.lmpref_reward_bias` hold the normalisation."""
+    """LM trunk + scalar head, with a fixed gain and bias that make its rewards mean 0 / std 1 on the
+    reference model's samples (the paper normalises before and after training). Saved as a
+    transformers sequence-classification model: `score` is the head, `config.lmpref_reward_gain` /
+    `config.lmpref_reward_bias` hold the normalisation and `config.lmpref_pooling` how the head reads
+    the trunk:
+      'last'  the hidden state of the last response token (the paper; transformers' own reading);
+      'mean'  the mean over the response tokens: a sentiment or style judgement is spread over the
+              whole response, and averaging gives the head one feature vector per response that a
+              few hundred labels can fit (lmpref's small scales).
+    A reward model may keep only the lower blocks of its base model (`reward.layers`): the saved
+    config then says so (`num_hidden_layers`), and plain transformers loads it as it is.
+
+    A prompted reward model (`reward.template`, `config.lmpref_template_ids`) reads the sequence with
+    the template's tokens appended right after the (cut) response - "...response\n\nThe mood of this
+    passage is" - and its head may start as the LM's own unembedding of one word minus another
+    (`reward.verbalizer`, " positive| negative"): a zero-shot judgement that the labels then refine
+    (prompt-based few-shot fine-tuning, as LM-BFF, Gao et al. 2021). Its accuracy before training is
+    that prior's, reported as such."""
 
     def __init__(self, clf: nn.Module):
         super().__init__()
         self.clf = disable_dropout(clf)
+        self.pooling = getattr(clf.config, "lmpref_pooling", "last")
+        if self.pooling not in POOLINGS:
+            raise ModelLoadError(f"reward model pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.template = torch.tensor(list(getattr(clf.config, "lmpref_template_ids", None) or []), dtype=torch.long)  # (m,)
         self.register_buffer("gain", torch.tensor(float(getattr(clf.config, "lmpref_reward_gain", 1.0))))
         self.register_buffer("bias", torch.tensor(float(getattr(clf.config, "lmpref_reward_bias", 0.0))))
 
     @classmethod
-    def from_lm(cls, name: str, cache_dir: str = "", dtype: str = "float32") -> "RewardModel":
-        """A fresh reward model on a pretrained trunk; the head is initialised with std 1/sqrt(D+1) as
-        in lm-human-preferences."""
-        from transformers import AutoModelForSequenceClassification
+    def from_lm(cls, name: str, cache_dir: str = "", dtype: str = "float32", *, pooling: str = "last", layers: int = 0,
+                template_ids: list[int] | None = None, verbalizer_ids: tuple[int, int] | None = None) -> "RewardModel":
+        """A fresh reward model on a pretrained trunk (its lower `layers` blocks only, when > 0). The
+        head is initialised with std 1/sqrt(D+1) as in lm-human-preferences, or, with `verbalizer_ids`
+        (a, b), as the LM's unembedding row of token a minus that of token b (the trunk must then be
+        whole: the unembedding reads the final layer)."""
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         path = resolve_model(name, cache_dir)
+        extra = {"num_hidden_layers": layers} if layers > 0 else {}
         try:
-            clf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+            clf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype], **extra)
+            unembed = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).get_output_embeddings().weight.detach() if verbalizer_ids else None
         except (OSError, ValueError) as e:
             raise _hub_error(name, e) from e
+        clf.config.lmpref_pooling = pooling
+        clf.config.lmpref_template_ids = list(template_ids or [])
         head = clf.score if hasattr(clf, "score") else clf.get_output_embeddings()
         nn.init.normal_(head.weight, std=1 / math.sqrt(clf.config.hidden_size + 1))
+        if unembed is not None:
+            a, b = verbalizer_ids
+            with torch.no_grad():
+                head.weight.copy_((unembed[a] - unembed[b]).unsqueeze(0))
         if getattr(head, "bias", None) is not None:
             nn.init.zeros_(head.bias)
         return cls(clf)
@@ -290,17 +405,32 @@ class RewardModel(nn.Module):
             raise ModelLoadError(f"{path} holds no saved reward model (no config.json); train one with `lmpref train-reward`")
         return cls(AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype]))
 
-    def raw(self, input_ids, attention_mask, last_index) -> torch.Tensor:
-        """Unnormalised score of each sequence at token `last_index`. Causal attention means tokens
-        after it (a truncated tail) cannot change the score, so no re-padding is needed."""
-        hidden = self.clf.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-        ).last_hidden_state  # (B, T, D)
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]  # (B, D)
-        return self.clf.score(h).squeeze(-1).float()  # (B,)
+    def features(self, input_ids, attention_mask, last_index, query_length: int | None = None, *, hidden=None, depth: int = 0) -> torch.Tensor:
+        """What the head reads, one vector per sequence (B, D). Queries are left-padded to
+        `query_length`, responses follow; `last_index` (B,) is each response's last token. Causal
+        attention means tokens after it (a truncated tail) cannot change anything read here. With
+        `hidden` (B, T, D) after block `depth` - 1 (lmpref.trunk) the blocks below `depth` are skipped
+        (not with a template: its tokens are not in `hidden`)."""
+        if len(self.template):
+            if hidden is not None:
+                raise ValueError("a prompted reward model cannot start from shared hidden states (its template tokens are not in them)")
+            input_ids, attention_mask, last_index = append_after(input_ids, attention_mask, last_index, self.template.to(input_ids.device))
+        with from_depth(self.clf, hidden, depth):
+            h = self.clf.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+            ).last_hidden_state  # (B, T, D)
+        return pool_response(h, last_index, query_length, self.pooling)
 
-    def forward(self, input_ids, attention_mask, last_index) -> torch.Tensor:
-        return self.gain * self.raw(input_ids, attention_mask, last_index) + self.bias
+    def raw(self, input_ids, attention_mask, last_index, query_length: int | None = None, **kw) -> torch.Tensor:
+        """Unnormalised score of each sequence. (B,)"""
+        return self.head(self.features(input_ids, attention_mask, last_index, query_length, **kw))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Unnormalised score from `features` (B, D) -> (B,)."""
+        return self.clf.score(features).squeeze(-1).float()
+
+    def forward(self, input_ids, attention_mask, last_index, query_length: int | None = None, **kw) -> torch.Tensor:
+        return self.gain * self.raw(input_ids, attention_mask, last_index, query_length, **kw) + self.bias
 
     def set_normalization(self, gain: float, bias: float) -> None:
         self.gain.fill_(gain)
@@ -308,6 +438,8 @@ class RewardModel(nn.Module):
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         self.clf.config.lmpref_reward_gain = float(self.gain)
+        self.clf.config.lmpref_pooling = self.pooling
+        self.clf.config.lmpref_template_ids = self.template.tolist()
         self.clf.config.lmpref_reward_bias = float(self.bias)
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")

@@ -80,6 +80,30 @@ def step_label(samples: Path, out: Path, *, labeler: str, temperature: float, se
     return labels
 
 
+def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:
+    """A fresh reward model on `trunk` as the config asks: its lower `reward.layers` blocks, the
+    head's pooling, its template and verbalizer prior, and only the top `reward.trainable_layers`
+    blocks (0: only the head) trained."""
+    template = tokenizer.encode(cfg.reward.template, add_special_tokens=False) if cfg.reward.template else None
+    verbalizer = None
+    if cfg.reward.verbalizer:
+        words = cfg.reward.verbalizer.split("|")
+        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ConfigError(f"reward.verbalizer={cfg.reward.verbalizer!r}: each word must be one token of {trunk}'s tokenizer "
+                              f"(got {[len(i) for i in ids]} tokens); try a common word with its leading space")
+        verbalizer = (ids[0][0], ids[1][0])
+    rm = RewardModel.from_lm(trunk, cfg.model.cache_dir, cfg.model.dtype, pooling=cfg.reward.pooling, layers=cfg.reward.layers,
+                             template_ids=template, verbalizer_ids=verbalizer).to(device)
+    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
+    if layers == 0:
+        rm.clf.requires_grad_(False)  # the trunk stays the base model's, bit for bit (lmpref.trunk shares it)
+    else:
+        freeze_lower_layers(rm.clf, layers)
+    rm.clf.score.requires_grad_(True)
+    return rm
+
+
 def step_train_reward(cfg: RunConfig, labels_path: Path, samples_path: Path, out: Path, log_path: Path | None = None) -> dict:
     from lmpref.reward import norm_pairs_from_records, read_labels, train_reward
 
@@ -88,10 +112,7 @@ def step_train_reward(cfg: RunConfig, labels_path: Path, samples_path: Path, out
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
     labels = read_labels(labels_path, tok)
     norm_pairs = norm_pairs_from_records([r for _, r in read_jsonl(samples_path)], cfg.reward.norm_samples, cfg.seed)
-    rm = RewardModel.from_lm(trunk, cfg.model.cache_dir, cfg.model.dtype).to(device)
-    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
-    freeze_lower_layers(rm.clf, layers)
-    rm.clf.score.requires_grad_(True)
+    rm = new_reward_model(cfg, trunk, tok, device)
     log = MetricsLog(log_path) if log_path else None
     metrics = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=log)
     metrics.update({"labels": str(labels_path), "trunk": trunk})
@@ -155,10 +176,7 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
           f"{posts['n_heldout_posts']} posts / {len(heldout)} comparisons held out")
     norm_pairs = [(label.query_ids, r) for label in labels for r in label.response_ids]
     random.Random(f"norm-{cfg.seed}").shuffle(norm_pairs)
-    rm = RewardModel.from_lm(trunk, cfg.model.cache_dir, cfg.model.dtype).to(device)
-    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
-    freeze_lower_layers(rm.clf, layers)
-    rm.clf.score.requires_grad_(True)
+    rm = new_reward_model(cfg, trunk, tok, device)
     log = MetricsLog(log_path) if log_path else None
     metrics = train_reward(rm, labels, norm_pairs[: cfg.reward.norm_samples], cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=log)
     hits = round(metrics["accuracy_after"] * metrics["n_heldout"])

@@ -20,6 +20,9 @@ from lmpref.accel import (PhaseTimer, StaticSampler, autocast, backward, check_s
                           no_sync, rank_world, unwrap)
 from lmpref.config import PPOConfig, TaskConfig
 from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left, postprocess
+from lmpref.trunk import Plan, reward_scores
+from lmpref.trunk import plan as trunk_plan
+from lmpref.trunk import sample as trunk_sample
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,42 +145,58 @@ class Rollout:
     scores: torch.Tensor  # (B,) reward-model score (penalty where invalid)
     valid: torch.Tensor  # (B,)
     lengths: torch.Tensor  # (B,) response length after truncation
+    hidden: torch.Tensor | None = None  # (B, T, D) after block depth-1, shared by the PPO epochs (lmpref.trunk)
+    depth: int = 0
 
 
 @torch.no_grad()
 def rollout(policy, ref, reward_fn, tokenizer, queries, task: TaskConfig, *, forward_batch: int, device,
-            sampler: StaticSampler | None = None, timer: PhaseTimer | None = None) -> Rollout:
+            sampler: StaticSampler | None = None, timer: PhaseTimer | None = None, plan: Plan | None = None) -> Rollout:
     """Sample responses from the policy and score them: log-probs under π and ρ, values, rewards.
     With a `sampler` (accel.py) the policy's log-probs and values come from the sampling pass itself
-    instead of a second forward; `timer` splits the time into generation, log-probs and reward."""
+    instead of a second forward; so they do with a `plan` (lmpref.trunk), which also keeps the hidden
+    states at the shared depths so ρ, the reward model and the PPO epochs run only their own upper
+    blocks. `timer` splits the time into generation, log-probs and reward."""
     timer = timer or PhaseTimer(device)
     qids, qmask = pad_left([q.ids for q in queries], tokenizer.pad_token_id, task.query_length)
     qids, qmask = qids.to(device), qmask.to(device)
-    R, T = task.response_length, task.temperature
+    Q, R, T = qids.shape[1], task.response_length, task.temperature
     chunks = [slice(s, s + forward_batch) for s in range(0, len(queries), forward_batch)]
-    lp, rlp, vals, responses = [], [], [], []
+    lp, rlp, vals, responses, hidden = [], [], [], [], []
     with timer("generation"):
         for sl in chunks:
-            if sampler is None:
+            if plan is not None:
+                s = trunk_sample(policy.lm, qids[sl], qmask[sl], response_length=R, temperature=T, depths=plan.depths, value_head=policy.value_head)
+                responses.append(s.responses), lp.append(s.logprobs), vals.append(s.values), hidden.append(s.hidden)
+            elif sampler is None:
                 responses.append(generate(policy.lm, qids[sl], qmask[sl], response_length=R, temperature=T, pad_id=tokenizer.pad_token_id))
             else:
                 r, logprobs, values = sampler(policy, qids[sl], qmask[sl], response_length=R, temperature=T)
                 responses.append(r), lp.append(logprobs), vals.append(values)
         responses = torch.cat(responses)  # (B, R)
     ids, mask = cat_query_response(qids, qmask, responses)  # (B, T)
+    F = plan.depth if plan is not None else 0
     with timer("logprobs"):
-        for sl in chunks:
-            if sampler is None:
+        for c, sl in enumerate(chunks):
+            if plan is None and sampler is None:
                 logits, values = policy(ids[sl], mask[sl], R, T)
                 lp.append(logprobs_of(logits, responses[sl]))
                 vals.append(values)
-            ref_logits, _ = ref(ids[sl], mask[sl], R, T, with_values=False)
+            ref_logits, _ = ref(ids[sl], mask[sl], R, T, with_values=False, hidden=hidden[c].get(F) if F else None, depth=F)
             rlp.append(logprobs_of(ref_logits, responses[sl]))
     with timer("reward"):
         lengths, valid = postprocess(responses.cpu(), task, tokenizer)
-        scores = reward_fn(ids, mask, qids.shape[1] + lengths.to(device) - 1).float()  # (B,)
+        last = Q + lengths.to(device) - 1
+        scores = torch.cat([reward_scores(reward_fn, ids[sl], mask[sl], last[sl], Q, hidden[c] if hidden else None, plan.reward_depth if plan else 0)
+                            for c, sl in enumerate(chunks)]).float()  # (B,)
         scores = apply_penalty(scores, valid, task.penalty_reward)
-    return Rollout(qids, qmask, responses, torch.cat(lp), torch.cat(rlp), torch.cat(vals), scores, valid.to(device), lengths.to(device))
+    kept = torch.cat([h[F] for h in hidden]) if F else None
+    return Rollout(qids, qmask, responses, torch.cat(lp), torch.cat(rlp), torch.cat(vals), scores, valid.to(device), lengths.to(device), kept, F)
+
+
+def _upper(ro: Rollout, idx) -> dict:
+    """The policy's forward kwargs that start it at the rollout's shared depth (none without one)."""
+    return {"hidden": ro.hidden[idx], "depth": ro.depth} if ro.hidden is not None else {}
 
 
 def ppo_update(policy, optimizer, ro: Rollout, kl_coef: float, cfg: PPOConfig, task: TaskConfig, generator: torch.Generator,
@@ -205,7 +224,7 @@ def ppo_update(policy, optimizer, ro: Rollout, kl_coef: float, cfg: PPOConfig, t
                 idx = order[ms : ms + micro]  # (b,)
                 with no_sync(policy, accelerator, sync=ms + micro >= start + mb):
                     with autocast(ids.device, cfg.mixed_precision):
-                        logits, vpred = policy(ids[idx], mask[idx], R, task.temperature)
+                        logits, vpred = policy(ids[idx], mask[idx], R, task.temperature, **_upper(ro, idx))
                     new_lp = logprobs_of(logits, ro.responses[idx])
                     pg_loss, vf_loss, st = ppo_losses(new_lp, ro.logprobs[idx], advantages[idx], vpred, ro.values[idx], returns[idx], cfg.cliprange, cfg.cliprange_value)
                     loss = (pg_loss + cfg.vf_coef * vf_loss) * (len(idx) / mb)
@@ -245,7 +264,7 @@ def micro_batch_from_memory(policy, ro: Rollout, cfg: PPOConfig, task: TaskConfi
         if ids.is_cuda:
             torch.cuda.reset_peak_memory_stats()
         with autocast(ids.device, cfg.mixed_precision):
-            logits, vpred = policy(ids[:n], mask[:n], R, task.temperature)
+            logits, vpred = policy(ids[:n], mask[:n], R, task.temperature, **_upper(ro, slice(0, n)))
         (logprobs_of(logits, ro.responses[:n]).sum() + vpred.sum()).backward()
         policy.zero_grad(set_to_none=True)
         if ids.is_cuda and torch.cuda.max_memory_allocated() + adam_bytes > 0.92 * torch.cuda.mem_get_info()[1]:
@@ -294,6 +313,8 @@ def train_policy(
     if optimizer is None:
         optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg)
     sampler = StaticSampler(compile=enabled(cfg.compile, device)) if enabled(cfg.fast_sampling, device) else None
+    # The shared frozen trunk (lmpref.trunk): one plain process without the static sampler.
+    plan = trunk_plan(unwrap(policy, accelerator).lm, ref.lm, reward_fn) if cfg.shared_trunk and world == 1 and unwrap(policy, accelerator) is policy and sampler is None else None
     micro = None  # resolved on the first update when cfg.micro_batch_size is -1 (fit to memory)
     bar = tqdm(total=num_updates, initial=state["update"], desc="PPO", unit="update", disable=rank != 0)
     while state["update"] < num_updates:
@@ -308,7 +329,7 @@ def train_policy(
         torch.manual_seed((seed * 1_000_003 + update) * world + rank)  # sampling noise is a function of (seed, update, rank)
         queries = next_queries(update, cfg.batch_size)[rank::world]
         with timer("rollout"), gathered(policy, accelerator), autocast(device, cfg.mixed_precision):
-            ro = rollout(unwrap(policy, accelerator), ref, reward_fn, tokenizer, queries, task, forward_batch=forward_batch, device=device, sampler=sampler, timer=timer)
+            ro = rollout(unwrap(policy, accelerator), ref, reward_fn, tokenizer, queries, task, forward_batch=forward_batch, device=device, sampler=sampler, timer=timer, plan=plan)
         if micro is None and cfg.micro_batch_size == -1:
             micro = micro_batch_from_memory(policy, ro, cfg, task)
         gen = torch.Generator().manual_seed(seed * 7_919 + update)

@@ -83,7 +83,8 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
 
 def batch_sequences(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     """(query ids, response ids) pairs -> left-padded queries + right-padded responses:
-    ids (N, T), mask (N, T), index of each sequence's last response token (N,)."""
+    ids (N, T), mask (N, T), index of each sequence's last response token (N,). The responses start
+    at the padded query length, `query_length_of(ids, pairs)`."""
     q_ids, q_mask = pad_left([q for q, _ in pairs], pad_id)
     rlen = max(max(len(r) for _, r in pairs), 1)
     r_ids = torch.full((len(pairs), rlen), pad_id, dtype=torch.long)
@@ -95,49 +96,99 @@ def batch_sequences(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     return torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), last
 
 
-def score_pairs(rm, pairs, pad_id: int, batch_size: int = 32, raw: bool = False, desc: str | None = None) -> torch.Tensor:
-    """Rewards (N,) of (query ids, response ids) pairs, in batches, without gradients."""
+def _query_length(pairs) -> int:
+    return max(len(q) for q, _ in pairs)
+
+
+def pair_features(rm, pairs, pad_id: int, batch_size: int = 32, desc: str | None = None) -> torch.Tensor:
+    """What the reward model's head reads for each (query ids, response ids) pair, without
+    gradients: (N, D). Pairs of one query are batched together where they come in order."""
     out = []
     device = next(rm.parameters()).device
-    it = range(0, len(pairs), batch_size)
     with torch.no_grad():
-        for s in tqdm(it, desc=desc, unit="batch", disable=desc is None):
-            ids, mask, last = batch_sequences(pairs[s : s + batch_size], pad_id)
-            fn = rm.raw if raw else rm
-            out.append(fn(ids.to(device), mask.to(device), last.to(device)))
+        for s in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=desc is None):
+            chunk = pairs[s : s + batch_size]
+            ids, mask, last = batch_sequences(chunk, pad_id)
+            out.append(rm.features(ids.to(device), mask.to(device), last.to(device), _query_length(chunk)))
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def normalize(rm, pairs, pad_id: int, batch_size: int = 32) -> dict:
-    """Set gain and bias so rewards on the reference model's samples have mean 0 and std 1."""
-    raw = score_pairs(rm, pairs, pad_id, batch_size, raw=True, desc="normalising reward")
+def score_pairs(rm, pairs, pad_id: int, batch_size: int = 32, raw: bool = False, desc: str | None = None) -> torch.Tensor:
+    """Rewards (N,) of (query ids, response ids) pairs, in batches, without gradients."""
+    with torch.no_grad():
+        scores = rm.head(pair_features(rm, pairs, pad_id, batch_size, desc))
+        return scores if raw else rm.gain * scores + rm.bias
+
+
+def set_normalization(rm, raw: torch.Tensor) -> dict:
+    """Set gain and bias so that the raw scores `raw` (N,) of the reference model's samples get mean 0
+    and std 1."""
     mean, std = raw.mean().item(), raw.std().item()
     gain = 1.0 / max(std, 1e-6)
     rm.set_normalization(gain, -mean * gain)
     return {"raw_mean": mean, "raw_std": std, "gain": gain, "bias": -mean * gain}
 
 
-def label_rewards(rm, labels: list[Label], pad_id: int):
-    """(B, K) rewards with a mask, for a list of labels, with gradients."""
-    kmax = max(len(l.response_ids) for l in labels)
+def normalize(rm, pairs, pad_id: int, batch_size: int = 32) -> dict:
+    """Set gain and bias so rewards on the reference model's samples have mean 0 and std 1."""
+    return set_normalization(rm, score_pairs(rm, pairs, pad_id, batch_size, raw=True, desc="normalising reward"))
+
+
+def _label_pairs(labels: list[Label]):
     pairs, index = [], []
-    for b, l in enumerate(labels):
-        for k, r in enumerate(l.response_ids):
-            pairs.append((l.query_ids, r))
+    for b, label in enumerate(labels):
+        for k, r in enumerate(label.response_ids):
+            pairs.append((label.query_ids, r))
             index.append((b, k))
-    device = next(rm.parameters()).device
-    ids, mask, last = batch_sequences(pairs, pad_id)
-    flat = rm(ids.to(device), mask.to(device), last.to(device))  # (N,)
-    rewards = torch.zeros(len(labels), kmax, device=device)
-    present = torch.zeros(len(labels), kmax, dtype=torch.bool, device=device)
+    return pairs, index
+
+
+def _scatter(flat: torch.Tensor, index, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat rewards (N,) -> (B, K) rewards and the (B, K) mask of responses that exist."""
+    kmax = max(len(l.response_ids) for l in labels)
+    device = flat.device
     b_idx = torch.tensor([b for b, _ in index], device=device)
     k_idx = torch.tensor([k for _, k in index], device=device)
-    rewards = rewards.index_put((b_idx, k_idx), flat)
+    rewards = torch.zeros(len(labels), kmax, device=device).index_put((b_idx, k_idx), flat)
+    present = torch.zeros(len(labels), kmax, dtype=torch.bool, device=device)
     present[b_idx, k_idx] = True
-    return rewards, present  # (B, K), (B, K)
+    return rewards, present
 
 
-def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8) -> float:
+def label_rewards(rm, labels: list[Label], pad_id: int):
+    """(B, K) rewards with a mask, for a list of labels, with gradients."""
+    pairs, index = _label_pairs(labels)
+    device = next(rm.parameters()).device
+    ids, mask, last = batch_sequences(pairs, pad_id)
+    flat = rm(ids.to(device), mask.to(device), last.to(device), _query_length(pairs))  # (N,)
+    return _scatter(flat, index, labels)  # (B, K), (B, K)
+
+
+class FeatureCache:
+    """The head's input for every response of a set of labels, computed once: with a frozen trunk
+    (`reward.trainable_layers = 0`) training only fits the head, so each epoch costs a matrix product
+    instead of a pass through the model."""
+
+    def __init__(self, rm, labels: list[Label], norm_pairs, pad_id: int, batch_size: int = 32):
+        pairs, _ = _label_pairs(labels)
+        keys = list(dict.fromkeys((tuple(q), tuple(r)) for q, r in [*pairs, *norm_pairs]))
+        self.row = {key: i for i, key in enumerate(keys)}
+        self.rm = rm
+        self.features = pair_features(rm, [(list(q), list(r)) for q, r in keys], pad_id, batch_size, desc="reward-model features")  # (U, D)
+        self.norm_rows = torch.tensor([self.row[(tuple(q), tuple(r))] for q, r in norm_pairs])
+
+    def label_rewards(self, labels: list[Label]):
+        pairs, index = _label_pairs(labels)
+        rows = torch.tensor([self.row[(tuple(q), tuple(r))] for q, r in pairs])
+        flat = self.rm.gain * self.rm.head(self.features[rows]) + self.rm.bias
+        return _scatter(flat, index, labels)
+
+    def normalize(self) -> dict:
+        with torch.no_grad():
+            return set_normalization(self.rm, self.rm.head(self.features[self.norm_rows]))
+
+
+def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8, *, cache: FeatureCache | None = None) -> float:
     """Share of labels where the reward model ranks the labeled-best response first."""
     if not labels:
         return float("nan")
@@ -145,7 +196,7 @@ def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8) -> float
     with torch.no_grad():
         for s in range(0, len(labels), batch_size):
             chunk = labels[s : s + batch_size]
-            rewards, present = label_rewards(rm, chunk, pad_id)
+            rewards, present = cache.label_rewards(chunk) if cache else label_rewards(rm, chunk, pad_id)
             pred = rewards.masked_fill(~present, float("-inf")).argmax(-1).cpu()
             hits += sum(int(p == l.best) for p, l in zip(pred.tolist(), chunk))
     return hits / len(labels)
@@ -177,15 +228,22 @@ def split_labels(labels: list[Label], holdout_fraction: float, seed: int) -> tup
 def train_reward(rm, labels: list[Label], norm_pairs, cfg: RewardConfig, *, pad_id: int, seed: int, log=None) -> dict:
     """Normalise, train on best-of-K choices for `cfg.epochs`, normalise again; returns metrics.
 
-    One visible loop: shuffle, batch, loss, step. The learning rate decays linearly to 0."""
+    One visible loop: shuffle, batch, loss, step. The learning rate decays linearly to 0. With a
+    frozen trunk only the head trains, on features computed once (`FeatureCache`); `cfg.weight_decay`
+    is an L2 penalty on the distance of the trained parameters from their start (L2-SP, Li et al.
+    2018): with a verbalizer head it keeps the labels' fit near the zero-shot prior."""
     torch.manual_seed(seed)
     train, heldout = split_labels(labels, cfg.holdout_fraction, seed)
     if not train:
         raise DataError("no labels left for training after the hold-out split; collect more labels or lower reward.holdout_fraction")
-    metrics = {"n_train": len(train), "n_heldout": len(heldout)}
-    metrics["norm_before"] = normalize(rm, norm_pairs, pad_id)
-    metrics["accuracy_before"] = accuracy(rm, heldout, pad_id)
+    metrics = {"n_train": len(train), "n_heldout": len(heldout), "pooling": rm.pooling}
+    head = {id(p) for p in rm.clf.score.parameters()}
+    frozen_trunk = not any(p.requires_grad for p in rm.parameters() if id(p) not in head)
+    cache = FeatureCache(rm, labels, norm_pairs, pad_id) if frozen_trunk else None
+    metrics["norm_before"] = cache.normalize() if cache else normalize(rm, norm_pairs, pad_id)
+    metrics["accuracy_before"] = accuracy(rm, heldout, pad_id, cache=cache)
     params = [p for p in rm.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]  # L2-SP: the penalty pulls toward where training started
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
@@ -198,11 +256,12 @@ def train_reward(rm, labels: list[Label], norm_pairs, cfg: RewardConfig, *, pad_
         rng.shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
             batch = [train[i] for i in order[s : s + cfg.batch_size]]
-            rewards, present = label_rewards(rm, batch, pad_id)  # (B, K)
+            rewards, present = cache.label_rewards(batch) if cache else label_rewards(rm, batch, pad_id)  # (B, K)
             best = torch.tensor([l.best for l in batch], device=rewards.device)
             loss = best_of_k_loss(rewards, best, present)
+            penalty = cfg.weight_decay * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start)) if cfg.weight_decay else 0.0
             opt.zero_grad()
-            loss.backward()
+            (loss + penalty).backward()
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -214,8 +273,8 @@ def train_reward(rm, labels: list[Label], norm_pairs, cfg: RewardConfig, *, pad_
                 log({"step": step, "epoch": epoch, "reward/loss": loss.item(), "reward/train_accuracy": acc, "reward/lr": sched.get_last_lr()[0]})
     bar.close()
     rm.eval()
-    metrics["accuracy_after"] = accuracy(rm, heldout, pad_id)
-    metrics["norm_after"] = normalize(rm, norm_pairs, pad_id)
+    metrics["accuracy_after"] = accuracy(rm, heldout, pad_id, cache=cache)
+    metrics["norm_after"] = cache.normalize() if cache else normalize(rm, norm_pairs, pad_id)
     metrics["chance"] = (sum(1 / len(l.response_ids) for l in heldout) / len(heldout)) if heldout else float("nan")
     return metrics
 

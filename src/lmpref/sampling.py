@@ -66,20 +66,23 @@ def postprocess(responses: torch.Tensor, task: TaskConfig, tokenizer) -> tuple[t
 
 
 def sample_records(lm, tokenizer, queries: list[Query], task: TaskConfig, *, k: int, batch_size: int, seed: int, policy_id: str, desc: str = "sampling") -> list[dict]:
-    """K continuations for every query, as sampling JSONL records:
+    """K continuations for every query, as sampling JSONL records (each query's context is run once
+    and its KV cache repeated K times; `batch_size` counts sequences):
     {id, query, query_ids, responses, response_ids, valid, policy, seed}. Responses are stored cut
     (text and ids); `valid` is False where the cut rule found no end (never shown to a labeler)."""
+    from lmpref.trunk import sample
+
     lm.eval()
-    flat = [(q, j) for q in queries for j in range(k)]
-    by_query: dict[str, list] = {q.id: [None] * k for q in queries}
-    for start in tqdm(range(0, len(flat), batch_size), desc=desc, unit="batch"):
-        chunk = flat[start : start + batch_size]
+    per_batch = max(1, batch_size // k)  # queries per batch: each runs once, its cache repeated k times
+    by_query: dict[str, list] = {}
+    for start in tqdm(range(0, len(queries), per_batch), desc=desc, unit="batch"):
+        chunk = queries[start : start + per_batch]
         torch.manual_seed(seed * 1_000_003 + start)  # reproducible per batch, whatever the batch order
-        qids, qmask = pad_left([q.ids for q, _ in chunk], tokenizer.pad_token_id, task.query_length)
-        responses = generate(lm, qids, qmask, response_length=task.response_length, temperature=task.temperature, pad_id=tokenizer.pad_token_id)
+        qids, qmask = pad_left([q.ids for q in chunk], tokenizer.pad_token_id, task.query_length)
+        responses = sample(lm, qids, qmask, k=k, response_length=task.response_length, temperature=task.temperature).responses  # (B*k, R)
         lengths, valid = postprocess(responses, task, tokenizer)
-        for (q, j), r, n, v in zip(chunk, responses.tolist(), lengths.tolist(), valid.tolist()):
-            by_query[q.id][j] = (r[:n], bool(v))
+        for i, (r, n, v) in enumerate(zip(responses.tolist(), lengths.tolist(), valid.tolist())):
+            by_query.setdefault(chunk[i // k].id, []).append((r[:n], bool(v)))
     records = []
     for q in queries:
         outs = by_query[q.id]
