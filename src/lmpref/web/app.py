@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -53,6 +56,82 @@ class LimitBody:
             return message
 
         await self.app(scope, limited, send)
+
+
+BAD_TEXT = "text must not contain NUL characters (U+0000) or unpaired surrogates"
+
+
+def _bad_text(value: Any) -> bool:
+    """True if any string in a parsed JSON value (keys included) holds a NUL or a lone surrogate.
+
+    PostgreSQL cannot store U+0000 in text (SQLite can), and a lone surrogate cannot be encoded
+    as UTF-8 at all; both used to surface as 500s. `encode` fails exactly on lone surrogates.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_text(k) or _bad_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_text(v) for v in value)
+    return False
+
+
+class RejectBadText:
+    """422 for a NUL or a lone surrogate anywhere a client can put text: path, query, body.
+
+    One rule for every route and both stores, checked before any handler runs. Bodies are read
+    whole (LimitBody, outside this, bounds them); JSON is parsed to see through `\\u0000` escapes,
+    URL-encoded forms are percent-decoded, where a NUL can only be a field's content.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        reject = JSONResponse({"detail": BAD_TEXT}, 422)
+        if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            return await reject(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+        except HTTPException as err:  # LimitBody's 413 for a chunked body over the limit
+            return await JSONResponse({"detail": err.detail}, err.status_code)(scope, receive, send)
+        body = b"".join(chunks)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type == b"application/x-www-form-urlencoded":
+            bad = b"\x00" in unquote_to_bytes(body)
+        else:  # JSON (FastAPI also reads a body without a content type as JSON), or multipart
+            try:
+                bad = _bad_text(json.loads(body))
+            except ValueError:  # not JSON: raw bytes are what gets parsed
+                bad = b"\x00" in body
+        if bad:
+            return await reject(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 class LimitConcurrency:
@@ -144,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def login_required(request: Request, err: LoginRequired) -> Response:
         return RedirectResponse("/login", status_code=303)
 
+    app.add_middleware(RejectBadText)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(LimitConcurrency, limit=settings.max_concurrency)
     app.add_middleware(LimitBody, limit=settings.max_body_bytes)
