@@ -88,4 +88,5 @@ def test_serve_is_registered():
 
 def test_serve_refuses_a_non_positive_lease(lmpref, capsys):
     assert lmpref("serve", "--lease-minutes", "0") == 2
-    assert "--lease-minutes with a positive number" in capsys.readouterr().err
+    assert "--lease-minutes and --session-hours as positive numbers" in capsys.readouterr().err
+    assert lmpref("serve", "--session-hours", "0") == 2

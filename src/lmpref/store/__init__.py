@@ -17,11 +17,15 @@ from lmpref.store.export import FORMATS, export_records, labeled, write_jsonl
 from lmpref.store.labelers import (
     authenticate,
     create_labeler,
+    end_session,
+    end_sessions,
     get_labeler,
     list_labelers,
     rotate_token,
     server_secret,
+    session_labeler,
     set_active,
+    start_session,
 )
 from lmpref.store.models import AndonEvent, Assignment, Label, Labeler, Run, Task
 from lmpref.store.quality import LabelerQuality, QualityReport, quality_report
@@ -49,6 +53,8 @@ __all__ = [
     "clear_andon",
     "create_labeler",
     "default_url",
+    "end_session",
+    "end_sessions",
     "enqueue",
     "ensure_run",
     "export_records",
@@ -70,8 +76,10 @@ __all__ = [
     "rotate_token",
     "save_label",
     "server_secret",
+    "session_labeler",
     "set_active",
     "skip_task",
+    "start_session",
     "transaction",
     "upgrade",
     "valid_samples",

@@ -36,9 +36,9 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings(db_url=args.db or store.default_url(), min_seconds=args.min_seconds, secure_cookies=args.secure_cookies,
-                            lease_minutes=args.lease_minutes)
+                            lease_minutes=args.lease_minutes, session_hours=args.session_hours)
     except ValueError as err:
-        print(f"error: {err}; pass --lease-minutes with a positive number", file=sys.stderr)
+        print(f"error: {err}; pass --lease-minutes and --session-hours as positive numbers", file=sys.stderr)
         return 2
     print(f"lmpref labeling server on http://{args.host}:{args.port} (store: {settings.db_url})", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
@@ -149,6 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-seconds", type=float, default=5.0, help="labels faster than this are marked too fast")
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind HTTPS)")
+    p.add_argument("--session-hours", type=float, default=12.0, help="a browser login ends this long after it began (default 12)")
     p.add_argument("--lease-minutes", type=float, default=15.0,
                    help="how long a served task is held for its labeler before another may take the slot (default 15)")
     p.add_argument("--log-level", default="info")

@@ -6,6 +6,7 @@ Every POST checks the form's CSRF token before doing anything. Redirects after a
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import secrets
 from typing import Annotated
@@ -19,7 +20,15 @@ from lmpref import store
 from lmpref.store import Label, Task
 from lmpref.store.models import RATINGS, utcnow
 from lmpref.web.copying import segments
-from lmpref.web.security import LOGIN_COOKIE, SESSION_COOKIE, PageAdmin, PageLabeler, SessionDep
+from lmpref.web.security import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    PageAdmin,
+    PageLabeler,
+    SessionDep,
+    cookie_name,
+    same_origin,
+)
 from lmpref.web.views import andon_public, quality_public, task_public
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +49,13 @@ def render(request: Request, name: str, status_code: int = 200, **context: objec
 
 def _cookie(request: Request, response: Response, key: str, value: str, max_age: int) -> None:
     secure = request.app.state.settings.secure_cookies
+    key = cookie_name(request, key)
     response.set_cookie(key, value, max_age=max_age, httponly=True, samesite="strict", secure=secure, path="/")
+
+
+def _drop_cookie(request: Request, response: Response, key: str) -> None:
+    secure = request.app.state.settings.secure_cookies
+    response.delete_cookie(cookie_name(request, key), path="/", secure=secure, httponly=True, samesite="strict")
 
 
 def _local(path: str) -> str:
@@ -63,7 +78,8 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, token: Text, csrf: Text) -> Response:
-    if not hmac.compare_digest(csrf.encode(), request.cookies.get(LOGIN_COOKIE, "").encode()):
+    same_origin(request)  # the double-submit cookie alone can be planted from another port
+    if not hmac.compare_digest(csrf.encode(), request.cookies.get(cookie_name(request, LOGIN_COOKIE), "").encode()):
         raise HTTPException(403, "the login form is stale; reload it")
     labeler = store.authenticate(session, token=token.strip())
     if labeler is None:
@@ -73,16 +89,18 @@ def login(request: Request, session: SessionDep, token: Text, csrf: Text) -> Res
         return response
     response = RedirectResponse("/admin" if labeler.role == "admin" else "/compare", status_code=303)
     hours = request.app.state.settings.session_hours
-    _cookie(request, response, SESSION_COOKIE, request.app.state.signer.session_value(labeler), int(hours * 3600))
-    response.delete_cookie(LOGIN_COOKIE, path="/")
+    value = store.start_session(session, labeler=labeler, lifetime=dt.timedelta(hours=hours))
+    _cookie(request, response, SESSION_COOKIE, value, int(hours * 3600))
+    _drop_cookie(request, response, LOGIN_COOKIE)
     return response
 
 
 @router.post("/logout")
-def logout(user: PageLabeler, csrf: Text) -> RedirectResponse:
+def logout(request: Request, user: PageLabeler, session: SessionDep, csrf: Text) -> RedirectResponse:
     user.check_csrf(csrf)
+    store.end_session(session, token=user.token)  # a saved copy of the cookie dies with it
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    _drop_cookie(request, response, SESSION_COOKIE)
     return response
 
 
