@@ -38,11 +38,13 @@ router = APIRouter(prefix="/api")
 # Ids fit a 32-bit INTEGER column on every backend; larger ones are a 422, not a driver error.
 Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request (e.g. a body that cannot be read)"},
     401: {"description": "Missing or invalid token"},
     403: {"description": "Admins only"},
     404: {"description": "Unknown run, task or event"},
     409: {"description": "Conflicts with stored state (e.g. already labeled)"},
-    422: {"description": "Invalid input"},
+    413: {"description": "Request body too large (`--max-body-bytes`)"},
+    422: {"description": "Invalid input, including a NUL character or a lone surrogate anywhere"},
 }
 
 

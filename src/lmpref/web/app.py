@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lmpref import store
@@ -174,6 +175,18 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at this path. Starlette's 405 names only the first route
+    that matched the path, so a path split over routes (GET and POST /api/andon) answered
+    OPTIONS with one of them. Each method is probed against the whole routing table."""
+    allowed = [
+        method
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
+    return ", ".join(allowed)
+
+
 def _wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/")
 
@@ -208,8 +221,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 405:  # Starlette names only the first route's methods; name them all
+            err.headers = {**(err.headers or {}), "Allow": _allowed_methods(app, request.scope)}
         if _wants_html(request) and err.status_code >= 400:
-            return pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+            page = pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+            page.headers.update(err.headers or {})
+            return page
         return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
