@@ -174,3 +174,27 @@ def test_rate_accuracy_with_the_keyboard(live, browser):
         rows = list(store.export_records(session, run="rate", fmt="ratings", include_fast=True))
     assert [(r["doc_id"], r["rating"], r["labeler"]) for r in rows] == [
         ("doc0", "accurate", "ann"), ("doc1", "inaccurate", "ann"), ("doc2", "unsure", "ann")]
+
+
+def test_api_docs_render_offline_under_the_csp(live, browser, tmp_path):
+    """/docs loads Swagger UI from this server only (the browser may reach nothing else) and
+    renders the operations; /redoc leads there. Any CSP violation would leave the page blank."""
+    pytest.importorskip("swagger_ui", reason="swagger-ui-py is not installed")
+    base, tokens, factory = live
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
+                  else (outside.append(route.request.url), route.abort()))
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    violations = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.goto(base + "/redoc")
+    assert page.url == base + "/docs"
+    page.wait_for_selector(".opblock-summary-path")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/api/tasks/next" in " ".join(paths) and len(paths) >= 17
+    assert violations == [] and outside == []
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "docs.png"))
+    context.close()

@@ -28,3 +28,13 @@ def test_options_names_every_method_of_a_path(client, path, allow):
     r = client.options(path)
     assert r.status_code == 405 and r.headers["allow"] == allow
     assert client.request("DELETE", path).headers["allow"] == allow
+
+
+def test_docs_page_has_no_inline_script_and_its_own_csp(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and "cdn" not in r.text.lower()
+    assert "<script>" not in r.text  # only <script src=...> from this server
+    assert "'unsafe-inline'" in r.headers["content-security-policy"].split("style-src")[1].split(";")[0]
+    assert "script-src" not in r.headers["content-security-policy"]  # scripts stay 'self' only
+    assert client.get("/login").headers["content-security-policy"].startswith("default-src 'self'; frame-ancestors")
+    assert client.get("/redoc", follow_redirects=False).headers["location"] == "/docs"

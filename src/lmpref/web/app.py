@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lmpref import store
 from lmpref.web import api, pages, run_status
+from lmpref.web.docs import DOCS_CSP, DOCS_PATH, mount_docs
 from lmpref.web.security import LoginRequired, Signer
 from lmpref.web.settings import Settings
 
@@ -150,7 +151,7 @@ class LimitConcurrency:
         self.slots = asyncio.Semaphore(limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+        if scope["type"] != "http" or scope["path"].startswith(("/static/", "/docs-assets/")):
             return await self.app(scope, receive, send)
         async with self.slots:
             await self.app(scope, receive, send)
@@ -162,14 +163,17 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        # The API docs page alone runs Swagger UI, which needs inline styles and data: images.
+        self.docs_headers = [(k.lower().encode(), v.encode()) for k, v in {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_CSP}.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = self.docs_headers if scope["path"] == DOCS_PATH else self.headers
 
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.headers
+                message["headers"] = list(message.get("headers", [])) + headers
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -202,6 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Best-of-K comparisons for reward-model training (Ziegler et al. 2019). "
         "Authenticate with `Authorization: Bearer <token>` from `lmpref labelers add`.",
+        docs_url=None,  # served by docs.mount_docs from local files (the default needs a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessions = sessions
@@ -211,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(run_status.router)  # the experiment's status page (issue #5)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    mount_docs(app)
 
     @app.exception_handler(store.StoreError)
     async def store_error(request: Request, err: store.StoreError) -> Response:
