@@ -198,3 +198,56 @@ def test_api_docs_render_offline_under_the_csp(live, browser, tmp_path):
     shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
     page.screenshot(path=str(shots / "docs.png"))
     context.close()
+
+
+def test_keyboard_path_through_notes_undo_and_switching_shortcuts_off(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="keys", records=[record(50 + i) for i in range(3)])
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    page.goto(base + "/compare?run=keys")
+    assert page.locator("h1").count() == 1
+    assert page.locator("#sample-2 button.choose").get_attribute("aria-keyshortcuts") == "2"
+    assert page.locator("#tie-button").get_attribute("aria-keyshortcuts") == "t"
+
+    # n opens the critique field, Esc leaves it with the text kept, and keys work again.
+    page.keyboard.press("n")
+    assert page.evaluate("document.activeElement.id") == "critique"
+    page.keyboard.type("sample two 1s best")  # the digits go into the field, not to the form
+    assert page.url.endswith("/compare?run=keys")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.tagName") == "BODY"
+    with page.expect_navigation():
+        page.keyboard.press("2")
+    assert "Saved." in page.content()
+    with store.transaction(factory) as session:
+        (row,) = store.export_records(session, run="keys", include_fast=True)
+    assert row["critique"] == "sample two 1s best"
+    with store.transaction(factory) as session:
+        ann = store.get_labeler(session, name="ann")
+        assert page.locator("#mine-today").inner_text() == str(store.my_progress(session, labeler=ann).today)
+
+    # Undo the label just given: the task comes back.
+    with page.expect_navigation():
+        page.click("#undo-button")
+    assert "Label undone" in page.content()
+    with store.transaction(factory) as session:
+        assert list(store.export_records(session, run="keys", include_fast=True)) == []
+
+    # Shortcuts off: keys do nothing, aria-keyshortcuts is withdrawn, and it stays off on reload.
+    page.click("#keys-toggle")
+    page.keyboard.press("2")
+    page.wait_for_timeout(300)
+    assert page.locator("#sample-2 button.choose").get_attribute("aria-keyshortcuts") is None
+    page.reload()
+    assert not page.locator("#keys-toggle").is_checked()
+    page.keyboard.press("t")
+    page.wait_for_timeout(300)
+    with store.transaction(factory) as session:
+        assert list(store.export_records(session, run="keys", include_fast=True)) == []
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "compare-shortcuts-off.png"), full_page=True)
+    page.goto(base + "/history")
+    assert page.locator("h1", has_text="My labels").count() == 1
+    page.screenshot(path=str(shots / "history.png"), full_page=True)

@@ -27,6 +27,7 @@ from lmpref.store.labelers import (
     set_active,
     start_session,
 )
+from lmpref.store.mine import UNDO_WINDOW, MyProgress, can_undo, my_progress, my_recent_labels, undo_label
 from lmpref.store.models import AndonEvent, Assignment, Label, Labeler, Run, Task
 from lmpref.store.quality import LabelerQuality, QualityReport, quality_report
 from lmpref.store.queue import Progress, Served, next_task, progress, save_label, skip_task
@@ -40,6 +41,8 @@ __all__ = [
     "EnqueueResult",
     "Invalid",
     "Label",
+    "MyProgress",
+    "UNDO_WINDOW",
     "Labeler",
     "LabelerQuality",
     "NotFound",
@@ -50,6 +53,7 @@ __all__ = [
     "StoreError",
     "Task",
     "authenticate",
+    "can_undo",
     "clear_andon",
     "create_labeler",
     "default_url",
@@ -65,6 +69,8 @@ __all__ = [
     "list_runs",
     "make_engine",
     "must_stop",
+    "my_progress",
+    "my_recent_labels",
     "next_task",
     "open_andon_events",
     "open_store",
@@ -81,6 +87,7 @@ __all__ = [
     "skip_task",
     "start_session",
     "transaction",
+    "undo_label",
     "upgrade",
     "valid_samples",
     "write_jsonl",

@@ -95,6 +95,13 @@ def my_labels(
     return [label_public(label) for label in session.scalars(q)]
 
 
+@router.post("/labels/{label_id}/undo", response_model=SkipPublic, tags=["labeling"], responses=ERRORS)
+def undo_label(label_id: Id, labeler: ApiLabeler, session: SessionDep) -> SkipPublic:
+    """Take back one of your labels within a few minutes of giving it; the task is open for you again."""
+    assignment = store.undo_label(session, labeler=labeler, label_id=label_id)
+    return SkipPublic(task_id=assignment.task_id, status=assignment.status)
+
+
 @router.post("/andon", response_model=AndonPublic, status_code=201, tags=["andon"], responses=ERRORS)
 def pull_andon(body: AndonCreate, labeler: ApiLabeler, session: SessionDep) -> AndonPublic:
     """Stop training of `run` (or of every run); any labeler may pull, only admins clear."""

@@ -39,6 +39,7 @@ MESSAGES = {
     "cleared": "Andon event cleared.",
     "labeled": "Saved.",
     "skipped": "Skipped.",
+    "undone": "Label undone: the task is back for you to answer again.",
 }
 
 
@@ -107,9 +108,18 @@ def logout(request: Request, user: PageLabeler, session: SessionDep, csrf: Text)
 @router.get("/compare")
 def compare(request: Request, user: PageLabeler, session: SessionDep, run: str | None = None) -> HTMLResponse:
     served = store.next_task(session, labeler=user.labeler, run=run or None, lease=request.app.state.settings.lease)
-    done = session.scalar(select(func.count(Label.id)).where(Label.labeler_id == user.labeler.id))
+    mine = store.my_progress(session, labeler=user.labeler)
+    done = mine.total
+    last = session.scalar(select(Label).where(Label.labeler_id == user.labeler.id).order_by(Label.id.desc()).limit(1))
+    undo = last if last is not None and store.can_undo(last) else None
+    if request.query_params.get("msg") == "fast" and last is not None:
+        fast = (f"Saved, but in {last.seconds:.0f} s: faster than the {request.app.state.settings.min_seconds:g} s "
+                "minimum, so it is kept but will not count toward training. Take your time.")
+    else:
+        fast = None
     if served is None:
-        return render(request, "empty.html", user=user, run=run, done=done, andon_run=run)
+        return render(request, "empty.html", user=user, run=run, done=done, mine=mine, undo=undo, andon_run=run,
+                      **({"message": fast} if fast else {}))
     task = task_public(served)
     samples = [(s, segments(s.text, s.copied_spans)) for s in task.samples]
     depth = store.progress(session, run=served.run).queue_depth
@@ -125,6 +135,9 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
         run=run,
         elapsed=elapsed,
         andon_run=served.run,
+        mine=mine,
+        undo=undo,
+        **({"message": fast} if fast else {}),
     )
 
 
@@ -144,10 +157,11 @@ def answer(
     run: Annotated[str, Form(max_length=128)] = "",
 ) -> RedirectResponse:
     user.check_csrf(csrf)
+    too_fast = False
     if action == "skip":
         store.skip_task(session, labeler=user.labeler, task_id=task_id)
     else:
-        store.save_label(
+        too_fast = store.save_label(
             session,
             labeler=user.labeler,
             task_id=task_id,
@@ -158,10 +172,39 @@ def answer(
             correction=correction,
             flag=flag if action == "flag" or flag else None,
             min_seconds=request.app.state.settings.min_seconds,
-        )
-    msg = "skipped" if action == "skip" else "labeled"
+        ).too_fast
+    msg = "skipped" if action == "skip" else "fast" if too_fast else "labeled"
     query = {"msg": msg, "run": run} if run else {"msg": msg}
     return RedirectResponse("/compare?" + urlencode(query), status_code=303)
+
+
+def _answer(label: Label) -> str:
+    if label.tie:
+        return "all equally good / bad"
+    if label.rating:
+        return label.rating
+    if label.best is None:
+        return "flag only"
+    text = store.valid_samples(label.task.query)[label.best].text
+    return "best: " + (text if len(text) <= 80 else text[:79] + "…")
+
+
+@router.get("/history")
+def history(request: Request, user: PageLabeler, session: SessionDep) -> HTMLResponse:
+    """Your own labels, newest first; those within the undo window can be taken back."""
+    labels = store.my_recent_labels(session, labeler=user.labeler, limit=100)
+    now = utcnow()
+    rows = [(label, run, _answer(label), store.can_undo(label, now=now)) for label, run in labels]
+    mine = store.my_progress(session, labeler=user.labeler)
+    window = int(store.UNDO_WINDOW.total_seconds() // 60)
+    return render(request, "history.html", user=user, rows=rows, mine=mine, window=window)
+
+
+@router.post("/history/{label_id}/undo")
+def undo(label_id: Id, user: PageLabeler, session: SessionDep, csrf: Text) -> RedirectResponse:
+    user.check_csrf(csrf)
+    store.undo_label(session, labeler=user.labeler, label_id=label_id)
+    return RedirectResponse("/compare?msg=undone", status_code=303)
 
 
 @router.post("/andon")
