@@ -88,3 +88,25 @@ def test_0003_adds_web_sessions_and_keeps_labelers(db_url):
         assert "web_sessions" not in inspect(conn).get_table_names()
     factory.kw["bind"].dispose()
     engine.dispose()
+
+
+def test_0004_adds_run_guidelines_to_existing_runs(db_url):
+    from alembic import command
+    from alembic.config import Config
+
+    engine = store.make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store.db.MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.execute(text("INSERT INTO runs (id, name, gold_rate, created_at) VALUES (1, 'r', 0, CURRENT_TIMESTAMP)"))
+    store.upgrade(engine)
+    factory = store.open_store(db_url)
+    with store.transaction(factory) as session:
+        assert store.get_run(session, name="r").guidelines is None
+        store.set_guidelines(session, run="r", text="Be kind.")
+    with store.transaction(factory) as session:
+        assert store.get_run(session, name="r").guidelines == "Be kind."
+    factory.kw["bind"].dispose()
+    engine.dispose()

@@ -251,3 +251,23 @@ def test_keyboard_path_through_notes_undo_and_switching_shortcuts_off(live, brow
     page.goto(base + "/history")
     assert page.locator("h1", has_text="My labels").count() == 1
     page.screenshot(path=str(shots / "history.png"), full_page=True)
+
+
+def test_admin_writes_guidelines_and_the_labeler_sees_them(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="guided", records=[record(80 + i) for i in range(2)])
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.goto(base + "/admin?run=guided")
+    admin.fill("#guidelines-text", "Pick the most factual continuation.\nTies only when truly equal.")
+    with admin.expect_navigation():
+        admin.click("#guidelines-save")
+    assert "Guidelines saved." in admin.content()
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    page.goto(base + "/compare?run=guided")
+    panel = page.locator("#guidelines")
+    assert panel.is_visible() and "Ties only when truly equal." in panel.inner_text()
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "compare-guidelines.png"), full_page=True)

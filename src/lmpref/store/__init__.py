@@ -11,7 +11,16 @@ imports torch: the labeling server must start in a second on a machine without t
 
 from lmpref.store.andon import clear_andon, must_stop, open_andon_events, pull_andon, recent_andon_events
 from lmpref.store.db import DEFAULT_URL, default_url, make_engine, open_store, transaction, upgrade
-from lmpref.store.enqueue import EnqueueResult, enqueue, ensure_run, get_run, list_runs, read_jsonl, valid_samples
+from lmpref.store.enqueue import (
+    EnqueueResult,
+    enqueue,
+    ensure_run,
+    get_run,
+    list_runs,
+    read_jsonl,
+    set_guidelines,
+    valid_samples,
+)
 from lmpref.store.errors import Conflict, Invalid, NotFound, StoreError
 from lmpref.store.export import FORMATS, export_records, labeled, write_jsonl
 from lmpref.store.labelers import (
@@ -84,6 +93,7 @@ __all__ = [
     "server_secret",
     "session_labeler",
     "set_active",
+    "set_guidelines",
     "skip_task",
     "start_session",
     "transaction",

@@ -98,6 +98,8 @@ class Run(Base):
     # Fraction of served tasks that are gold tasks (quality control).
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # What the admin tells labelers about this run (shown beside every task; plain text).
+    guidelines: Mapped[str | None] = mapped_column(Text)
     batches: Mapped[list[Batch]] = relationship(back_populates="run", order_by="Batch.id")
 
 

@@ -33,13 +33,20 @@ class Served:
     task: Task
     run: str
     samples: list[Sample]  # in display order (position 0 first)
+    guidelines: str | None = None  # the run's, for the labeler
 
 
 def _served(session: Session, assignment: Assignment) -> Served:
     task = assignment.task
     slots = valid_samples(task.query)
     run = session.get(Run, task.run_id)
-    return Served(assignment=assignment, task=task, run=run.name, samples=[slots[s] for s in assignment.order])
+    return Served(
+        assignment=assignment,
+        task=task,
+        run=run.name,
+        samples=[slots[s] for s in assignment.order],
+        guidelines=run.guidelines,
+    )
 
 
 def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202

@@ -21,6 +21,7 @@ from lmpref.web.schemas import (
     AndonStatus,
     EnqueueCreate,
     EnqueuePublic,
+    GuidelinesUpdate,
     LabelCreate,
     LabelerCreate,
     LabelerCreated,
@@ -128,15 +129,17 @@ def clear_andon(event_id: Id, body: AndonClear, admin: ApiAdmin, session: Sessio
 
 @router.get("/runs", response_model=list[RunPublic], tags=["runs"], responses=ERRORS)
 def runs(admin: ApiAdmin, session: SessionDep) -> list[RunPublic]:
-    return [
-        RunPublic(
-            name=r.name,
-            gold_rate=r.gold_rate,
-            batches=[b.name for b in r.batches],
-            progress=progress_public(store.progress(session, run=r.name)),
-        )
-        for r in store.list_runs(session)
-    ]
+    return [_run_public(session, r) for r in store.list_runs(session)]
+
+
+def _run_public(session: SessionDep, r: store.Run) -> RunPublic:
+    return RunPublic(
+        name=r.name,
+        gold_rate=r.gold_rate,
+        batches=[b.name for b in r.batches],
+        progress=progress_public(store.progress(session, run=r.name)),
+        guidelines=r.guidelines,
+    )
 
 
 @router.get("/runs/{run}/progress", response_model=ProgressPublic, tags=["runs"], responses=ERRORS)
@@ -152,6 +155,13 @@ def enqueue(run: RunName, body: EnqueueCreate, admin: ApiAdmin, session: Session
     records = [r.model_dump(exclude_none=True) for r in body.records]
     result = store.enqueue(session, run=run, records=records, **body.model_dump(exclude={"records"}))
     return EnqueuePublic.model_validate(result, from_attributes=True)
+
+
+@router.put("/runs/{run}/guidelines", response_model=RunPublic, tags=["runs"], responses=ERRORS)
+def set_guidelines(run: RunName, body: GuidelinesUpdate, admin: ApiAdmin, session: SessionDep) -> RunPublic:
+    """Replace the run's labeling guidelines; labelers see them beside every task of the run."""
+    row = store.set_guidelines(session, run=run, text=body.text)
+    return _run_public(session, row)
 
 
 @router.get("/runs/{run}/labels", response_model=list[dict[str, Any]], tags=["runs"], responses=ERRORS)

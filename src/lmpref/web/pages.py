@@ -37,6 +37,7 @@ Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 MESSAGES = {
     "andon": "Andon cord pulled: training will stop until an admin clears it.",
     "cleared": "Andon event cleared.",
+    "guidelines": "Guidelines saved.",
     "labeled": "Saved.",
     "skipped": "Skipped.",
     "undone": "Label undone: the task is back for you to answer again.",
@@ -227,7 +228,9 @@ def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | Non
     report = quality_public(store.quality_report(session, run=run or None))
     events = [andon_public(e) for e in store.recent_andon_events(session)]
     open_events = [e for e in events if e.cleared_at is None]
-    runs = [r.name for r in store.list_runs(session)]
+    run_rows = store.list_runs(session)
+    runs = [r.name for r in run_rows]
+    selected = next((r for r in run_rows if r.name == run), None)
     flags = session.execute(
         select(Label.task_id, Label.flag, Label.created_at).where(Label.flag.is_not(None)).order_by(Label.id.desc()).limit(20)
     ).all()
@@ -245,8 +248,22 @@ def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | Non
         flags=flags,
         fast=fast,
         labelers=store.list_labelers(session),
+        selected=selected,
         min_seconds=request.app.state.settings.min_seconds,
     )
+
+
+@router.post("/admin/guidelines")
+def save_guidelines(
+    run: Annotated[str, Form(max_length=128)],
+    user: PageAdmin,
+    session: SessionDep,
+    csrf: Text,
+    text: Annotated[str, Form(max_length=20_000)] = "",
+) -> RedirectResponse:
+    user.check_csrf(csrf)
+    store.set_guidelines(session, run=run, text=text)
+    return RedirectResponse("/admin?" + urlencode({"run": run, "msg": "guidelines"}), status_code=303)
 
 
 @router.post("/admin/andon/{event_id}/clear")

@@ -59,6 +59,7 @@ class TaskPublic(BaseModel):
     context: str
     samples: list[SamplePublic]
     served_at: dt.datetime
+    guidelines: str | None = Field(default=None, description="The run's labeling guidelines, written by an admin.")
 
 
 class LabelCreate(Strict):
@@ -94,6 +95,10 @@ class SkipPublic(BaseModel):
 class AndonCreate(Strict):
     reason: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why training should stop.")
     run: str | None = Field(default=None, max_length=128, pattern=NO_NUL, description="None stops every run.")
+
+
+class GuidelinesUpdate(Strict):
+    text: str = Field(max_length=20_000, pattern=NO_NUL, description="Plain text; blank removes them.")
 
 
 class AndonClear(Strict):
@@ -132,6 +137,7 @@ class RunPublic(BaseModel):
     gold_rate: float
     batches: list[str]
     progress: ProgressPublic
+    guidelines: str | None = None
 
 
 class SamplingRecord(BaseModel):

@@ -34,6 +34,7 @@ def task_public(served: Served) -> TaskPublic:
         context=context,
         samples=samples,
         served_at=served.assignment.served_at,
+        guidelines=served.guidelines,
     )
 
 
