@@ -90,6 +90,12 @@ def test_label_with_the_keyboard_see_copying_and_pull_the_cord(live, browser, tm
     page.keyboard.press("c")
     assert mark.evaluate("m => getComputedStyle(m).backgroundColor") == "rgb(255, 216, 107)"
     assert page.locator(".copied-pct", has_text="60% copied").count() == 1
+    # Both sides: the context marks where the copy came from, and names the sample.
+    source = page.locator("#context mark.source").first
+    assert source.inner_text() == "the quick brown fox jumps over"
+    copier = page.locator(".sample", has_text="He wrote that").get_attribute("id").split("-")[1]
+    assert source.get_attribute("data-samples") == copier
+    assert source.evaluate("m => getComputedStyle(m).backgroundColor") == "rgb(255, 216, 107)"
     shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from lmpref import store
 from lmpref.store import Label, Task
 from lmpref.store.models import RATINGS, utcnow
-from lmpref.web.copying import segments
+from lmpref.web.copying import context_segments, segments
 from lmpref.web.security import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -123,6 +123,7 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
                       **({"message": fast} if fast else {}))
     task = task_public(served)
     samples = [(s, segments(s.text, s.copied_spans)) for s in task.samples]
+    context = context_segments(task.context, [s.context_spans for s in task.samples])
     depth = store.progress(session, run=served.run).queue_depth
     elapsed = int((utcnow() - served.assignment.served_at).total_seconds())
     return render(
@@ -131,6 +132,7 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
         user=user,
         task=task,
         samples=samples,
+        context=context,
         done=done,
         depth=depth,
         run=run,

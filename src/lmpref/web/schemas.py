@@ -48,6 +48,9 @@ class SamplePublic(BaseModel):
     text: str
     copied_fraction: float = Field(description="Share of the words copied verbatim from the context.")
     copied_spans: list[tuple[int, int]] = Field(description="[start, end) character ranges copied from the context.")
+    context_spans: list[tuple[int, int]] = Field(
+        default_factory=list, description="[start, end) character ranges of the context those copies came from."
+    )
 
 
 class TaskPublic(BaseModel):
