@@ -277,3 +277,20 @@ def test_admin_writes_guidelines_and_the_labeler_sees_them(live, browser, tmp_pa
     assert panel.is_visible() and "Ties only when truly equal." in panel.inner_text()
     shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
     page.screenshot(path=str(shots / "compare-guidelines.png"), full_page=True)
+
+
+def test_admin_adds_an_account_and_the_token_works(live, browser, tmp_path):
+    base, tokens, factory = live
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.fill("#new-name", "carol")
+    with admin.expect_navigation():
+        admin.click("#add-labeler-button")
+    token = admin.locator("#new-token").inner_text()
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    admin.goto(base + "/admin#accounts")
+    assert admin.locator("#account-carol").is_visible()
+    admin.screenshot(path=str(shots / "admin.png"), full_page=True)
+    page = _login(browser, base, token)
+    page.wait_for_url("**/compare")
+    assert "carol" in page.locator(".who").inner_text()

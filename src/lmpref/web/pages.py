@@ -25,6 +25,7 @@ from lmpref.web.security import (
     SESSION_COOKIE,
     PageAdmin,
     PageLabeler,
+    PageUser,
     SessionDep,
     cookie_name,
     same_origin,
@@ -38,6 +39,8 @@ MESSAGES = {
     "andon": "Andon cord pulled: training will stop until an admin clears it.",
     "cleared": "Andon event cleared.",
     "guidelines": "Guidelines saved.",
+    "disabled": "Account disabled: its token and browser sessions no longer work.",
+    "enabled": "Account enabled.",
     "labeled": "Saved.",
     "skipped": "Skipped.",
     "undone": "Label undone: the task is back for you to answer again.",
@@ -266,6 +269,53 @@ def save_guidelines(
     user.check_csrf(csrf)
     store.set_guidelines(session, run=run, text=text)
     return RedirectResponse("/admin?" + urlencode({"run": run, "msg": "guidelines"}), status_code=303)
+
+
+Name = Annotated[str, Form(max_length=64)]
+
+
+def _token_page(request: Request, user: PageUser, labeler: store.Labeler, token: str, what: str) -> HTMLResponse:
+    """The one time a token is shown; never cached, never put in a URL."""
+    page = render(request, "token.html", status_code=201 if what == "added" else 200, user=user, account=labeler.name,
+                  role=labeler.role, token=token, what=what)
+    page.headers["Cache-Control"] = "no-store"
+    return page
+
+
+@router.post("/admin/labelers")
+def add_labeler(
+    request: Request,
+    user: PageAdmin,
+    session: SessionDep,
+    csrf: Text,
+    name: Name,
+    role: Annotated[str, Form(pattern="^(labeler|admin)$")] = "labeler",
+) -> HTMLResponse:
+    user.check_csrf(csrf)
+    labeler, token = store.create_labeler(session, name=name, role=role)
+    return _token_page(request, user, labeler, token, "added")
+
+
+@router.post("/admin/labelers/rotate")
+def rotate_token(request: Request, user: PageAdmin, session: SessionDep, csrf: Text, name: Name) -> HTMLResponse:
+    user.check_csrf(csrf)
+    token = store.rotate_token(session, name=name)  # also ends that account's browser sessions
+    return _token_page(request, user, store.get_labeler(session, name=name), token, "rotated")
+
+
+@router.post("/admin/labelers/active")
+def set_active(
+    user: PageAdmin,
+    session: SessionDep,
+    csrf: Text,
+    name: Name,
+    active: Annotated[bool, Form()],
+) -> RedirectResponse:
+    user.check_csrf(csrf)
+    if not active and name == user.labeler.name:
+        raise HTTPException(409, "you cannot disable your own account (another admin can)")
+    store.set_active(session, name=name, active=active)
+    return RedirectResponse("/admin?msg=" + ("enabled" if active else "disabled") + "#accounts", status_code=303)
 
 
 @router.post("/admin/andon/{event_id}/clear")
