@@ -59,3 +59,11 @@ def test_the_ratings_format_gets_a_clear_error(tmp_path):
                         "rating": "accurate", "note": None, "labeler": "ann"}], path)
     with pytest.raises(DataError, match="accuracy rating, not a comparison"):
         read_labels(path, _Tok())
+
+
+def test_the_critiques_format_gets_a_clear_error(tmp_path):
+    path = tmp_path / "critiques.jsonl"
+    store.write_jsonl([{"id": "a", "task_id": 1, "kind": "compare", "labeler": "ann", "query": "q", "answer": "r",
+                        "critique": "too long", "correction": None, "created_at": "2026-01-01T00:00:00"}], path)
+    with pytest.raises(DataError, match="a critique, not a comparison"):
+        read_labels(path, _Tok())

@@ -61,8 +61,9 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
             query = _ids(tokenizer, rec, "prompt_ids", "prompt", where)
             responses = [_ids(tokenizer, rec, f"{k}_ids", k, where) for k in ("chosen", "rejected")]
             rec = {**rec, "best": 0}
-        elif "rating" in rec and "responses" not in rec:
-            raise DataError(f"{where}: an accuracy rating, not a comparison; export comparisons with "
+        elif "responses" not in rec and ("rating" in rec or "answer" in rec):
+            kind = "an accuracy rating" if "rating" in rec else "a critique"
+            raise DataError(f"{where}: {kind}, not a comparison; export comparisons with "
                             "--format bestofk, openai or pairwise")
         else:
             query = _ids(tokenizer, rec, "query_ids", "query", where)

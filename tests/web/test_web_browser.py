@@ -294,3 +294,25 @@ def test_admin_adds_an_account_and_the_token_works(live, browser, tmp_path):
     page = _login(browser, base, token)
     page.wait_for_url("**/compare")
     assert "carol" in page.locator(".who").inner_text()
+
+
+def test_admin_reviews_a_disputed_task(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="review", records=[record(90)], redundancy=2)
+        for name, best in (("ann", 0), ("boss", 1)):
+            who = store.get_labeler(session, name=name)
+            served = store.next_task(session, labeler=who, run="review")
+            store.save_label(session, labeler=who, task_id=served.task.id, best=best,
+                             critique="too vague" if name == "boss" else None)
+        task_id = served.task.id
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.goto(base + "/admin?run=review")
+    assert "too vague" in admin.locator("#critiques-table").inner_text()
+    with admin.expect_navigation():
+        admin.locator("#disputed-table a", has_text=str(task_id)).click()
+    assert admin.locator("#disagreement").is_visible()
+    assert admin.locator("#answers tbody tr").count() == 2
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    admin.screenshot(path=str(shots / "admin-task.png"), full_page=True)

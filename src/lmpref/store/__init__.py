@@ -40,6 +40,7 @@ from lmpref.store.mine import UNDO_WINDOW, MyProgress, can_undo, my_progress, my
 from lmpref.store.models import AndonEvent, Assignment, Label, Labeler, Run, Task
 from lmpref.store.quality import LabelerQuality, QualityReport, quality_report
 from lmpref.store.queue import Progress, Served, next_task, progress, save_label, skip_task
+from lmpref.store.review import answer_key, disputed_tasks, majority, task_answers
 
 __all__ = [
     "DEFAULT_URL",
@@ -61,11 +62,13 @@ __all__ = [
     "Served",
     "StoreError",
     "Task",
+    "answer_key",
     "authenticate",
     "can_undo",
     "clear_andon",
     "create_labeler",
     "default_url",
+    "disputed_tasks",
     "end_session",
     "end_sessions",
     "enqueue",
@@ -76,6 +79,7 @@ __all__ = [
     "labeled",
     "list_labelers",
     "list_runs",
+    "majority",
     "make_engine",
     "must_stop",
     "my_progress",
@@ -96,6 +100,7 @@ __all__ = [
     "set_guidelines",
     "skip_task",
     "start_session",
+    "task_answers",
     "transaction",
     "undo_label",
     "upgrade",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import json
+import re
 import secrets
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Path, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
@@ -240,6 +242,10 @@ def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | Non
         select(Label.task_id, Label.flag, Label.created_at).where(Label.flag.is_not(None)).order_by(Label.id.desc()).limit(20)
     ).all()
     fast = session.scalar(select(func.count(Label.id)).join(Task).where(Label.too_fast.is_(True)))
+    critiques, disputed = [], []
+    if selected is not None:
+        disputed = store.disputed_tasks(session, run=selected.name)  # newest first, too-fast ones included: a critique is worth reading anyway
+        critiques = list(store.export_records(session, run=selected.name, fmt="critiques", include_fast=True))[::-1][:50]
     return render(
         request,
         "admin.html",
@@ -254,8 +260,39 @@ def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | Non
         fast=fast,
         labelers=store.list_labelers(session),
         selected=selected,
+        critiques=critiques,
+        disputed=disputed,
+        formats=store.FORMATS,
         min_seconds=request.app.state.settings.min_seconds,
     )
+
+
+@router.get("/admin/tasks/{task_id}")
+def task_review(request: Request, task_id: Id, user: PageAdmin, session: SessionDep) -> HTMLResponse:
+    """Every answer to one task, samples in stored order; answers against the majority stand out."""
+    task, labels = store.task_answers(session, task_id=task_id)
+    samples = store.valid_samples(task.query)
+    top = store.majority(labels)
+    keys = {store.answer_key(label) for label in labels} - {None}
+    rows = [(label, store.answer_key(label), _answer(label)) for label in labels]
+    return render(request, "task.html", user=user, task=task, samples=samples, rows=rows, majority=top,
+                  disagreement=len(keys) > 1, run=session.get(store.Run, task.run_id).name)
+
+
+@router.get("/admin/export")
+def export(
+    user: PageAdmin,
+    session: SessionDep,
+    run: Annotated[str, Query(max_length=128)],
+    format: Annotated[str, Query(pattern=f"^({'|'.join(store.FORMATS)})$")] = "bestofk",
+    include_fast: bool = False,
+) -> Response:
+    """A run's labels as a JSONL download (what `lmpref export-labels` writes)."""
+    rows = store.export_records(session, run=run, fmt=format, include_fast=include_fast)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    filename = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run}-{format}.jsonl")
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
+    return Response(body, media_type="application/x-ndjson", headers=headers)
 
 
 @router.post("/admin/guidelines")
