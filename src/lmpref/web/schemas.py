@@ -130,9 +130,12 @@ class ProgressPublic(BaseModel):
     batch: str | None
     tasks: int
     gold_tasks: int
-    labels: int
+    labels: int = Field(description="Every label on non-gold tasks, bare flags and too-fast ones included.")
     complete: int
     queue_depth: int
+    exportable: int = Field(description="Of `labels`: answers not too fast, the rows a default export holds.")
+    flag_only: int = Field(description="Of `labels`: bare flags (never exported).")
+    too_fast: int = Field(description="Of `labels`: answers under the minimum time (exported only on request).")
 
 
 class RunPublic(BaseModel):
@@ -178,7 +181,8 @@ class EnqueuePublic(BaseModel):
 
 class LabelerQualityPublic(BaseModel):
     name: str
-    labels: int
+    labels: int = Field(description="Every label in scope, gold tasks, bare flags and too-fast ones included.")
+    exportable: int = Field(description="Answers on non-gold tasks, not too fast: rows in a default export.")
     gold_answered: int
     gold_accuracy: float | None
     agreement_pairs: int
