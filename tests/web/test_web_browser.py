@@ -42,7 +42,7 @@ def live(tmp_path_factory):
         env=env,
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout=180)  # a loaded machine can take a minute to import the app
         yield f"http://127.0.0.1:{port}", tokens, factory
     finally:
         server.terminate()
@@ -316,3 +316,35 @@ def test_admin_reviews_a_disputed_task(live, browser, tmp_path):
     assert admin.locator("#answers tbody tr").count() == 2
     shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
     admin.screenshot(path=str(shots / "admin-task.png"), full_page=True)
+
+
+def test_login_csrf_from_another_port_is_refused(live, browser, tmp_path):
+    """The attack of issue 16: a page on another port of the same host plants the login cookie
+    (cookies do not isolate ports) and posts the attacker's token; the victim must not end up
+    logged in as the attacker."""
+    import functools
+    import http.server
+    import threading
+
+    base, tokens, factory = live
+    host_port = _free_port()
+    (tmp_path / "attack.html").write_text(
+        f'<form id="f" method="post" action="{base}/login">'
+        f'<input name="token" value="{tokens["boss"]}"><input name="csrf" value="planted"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", host_port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = browser.new_context()
+        # What the attacker's server would do with Set-Cookie: the double-submit cookie, planted.
+        context.add_cookies([{"name": "lmpref_login", "value": "planted", "url": base}])
+        page = context.new_page()
+        with page.expect_response(lambda r: r.url == base + "/login" and r.request.method == "POST") as posted:
+            page.goto(f"http://127.0.0.1:{host_port}/attack.html")
+        assert posted.value.status == 403
+        assert "lmpref_session" not in [c["name"] for c in context.cookies()]
+        context.close()
+    finally:
+        server.shutdown()
