@@ -48,8 +48,8 @@ def _ids(tokenizer, rec, key_ids, key_text, where):
 
 def read_labels(path: str | Path, tokenizer) -> list[Label]:
     """Best-of-K labels from our JSONL ({query, responses, best} with optional token ids and
-    `doc_id`) or from OpenAI's released files ({query: ids, sample0..sample3: ids, best}; GPT-2
-    token ids). Ties are skipped: the loss has nothing to learn from "all equally good"."""
+    `doc_id`), from OpenAI's released files ({query: ids, sample0..sample3: ids, best}; GPT-2
+    token ids) or from pairwise files ({prompt, chosen, rejected}: K = 2, best = 0). Ties are skipped: the loss has nothing to learn from "all equally good"."""
     vocab = len(tokenizer)
     labels = []
     for lineno, rec in read_json_or_jsonl(path):
@@ -57,6 +57,14 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
         if "sample0" in rec:  # OpenAI's schema
             keys = sorted((k for k in rec if k.startswith("sample") and k[6:].isdigit()), key=lambda k: int(k[6:]))
             query, responses = rec.get("query"), [rec[k] for k in keys]
+        elif "chosen" in rec and "rejected" in rec:  # pairwise (TRL / HF preference datasets): K = 2
+            query = _ids(tokenizer, rec, "prompt_ids", "prompt", where)
+            responses = [_ids(tokenizer, rec, f"{k}_ids", k, where) for k in ("chosen", "rejected")]
+            rec = {**rec, "best": 0}
+        elif "responses" not in rec and ("rating" in rec or "answer" in rec):
+            kind = "an accuracy rating" if "rating" in rec else "a critique"
+            raise DataError(f"{where}: {kind}, not a comparison; export comparisons with "
+                            "--format bestofk, openai or pairwise")
         else:
             query = _ids(tokenizer, rec, "query_ids", "query", where)
             responses = _ids(tokenizer, rec, "response_ids", "responses", where)

@@ -42,7 +42,7 @@ def live(tmp_path_factory):
         env=env,
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout=180)  # a loaded machine can take a minute to import the app
         yield f"http://127.0.0.1:{port}", tokens, factory
     finally:
         server.terminate()
@@ -90,6 +90,12 @@ def test_label_with_the_keyboard_see_copying_and_pull_the_cord(live, browser, tm
     page.keyboard.press("c")
     assert mark.evaluate("m => getComputedStyle(m).backgroundColor") == "rgb(255, 216, 107)"
     assert page.locator(".copied-pct", has_text="60% copied").count() == 1
+    # Both sides: the context marks where the copy came from, and names the sample.
+    source = page.locator("#context mark.source").first
+    assert source.inner_text() == "the quick brown fox jumps over"
+    copier = page.locator(".sample", has_text="He wrote that").get_attribute("id").split("-")[1]
+    assert source.get_attribute("data-samples") == copier
+    assert source.evaluate("m => getComputedStyle(m).backgroundColor") == "rgb(255, 216, 107)"
     shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
@@ -174,3 +180,171 @@ def test_rate_accuracy_with_the_keyboard(live, browser):
         rows = list(store.export_records(session, run="rate", fmt="ratings", include_fast=True))
     assert [(r["doc_id"], r["rating"], r["labeler"]) for r in rows] == [
         ("doc0", "accurate", "ann"), ("doc1", "inaccurate", "ann"), ("doc2", "unsure", "ann")]
+
+
+def test_api_docs_render_offline_under_the_csp(live, browser, tmp_path):
+    """/docs loads Swagger UI from this server only (the browser may reach nothing else) and
+    renders the operations; /redoc leads there. Any CSP violation would leave the page blank."""
+    pytest.importorskip("swagger_ui", reason="swagger-ui-py is not installed")
+    base, tokens, factory = live
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
+                  else (outside.append(route.request.url), route.abort()))
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    violations = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.goto(base + "/redoc")
+    assert page.url == base + "/docs"
+    page.wait_for_selector(".opblock-summary-path")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/api/tasks/next" in " ".join(paths) and len(paths) >= 17
+    assert violations == [] and outside == []
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "docs.png"))
+    context.close()
+
+
+def test_keyboard_path_through_notes_undo_and_switching_shortcuts_off(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="keys", records=[record(50 + i) for i in range(3)])
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    page.goto(base + "/compare?run=keys")
+    assert page.locator("h1").count() == 1
+    assert page.locator("#sample-2 button.choose").get_attribute("aria-keyshortcuts") == "2"
+    assert page.locator("#tie-button").get_attribute("aria-keyshortcuts") == "t"
+
+    # n opens the critique field, Esc leaves it with the text kept, and keys work again.
+    page.keyboard.press("n")
+    assert page.evaluate("document.activeElement.id") == "critique"
+    page.keyboard.type("sample two 1s best")  # the digits go into the field, not to the form
+    assert page.url.endswith("/compare?run=keys")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.tagName") == "BODY"
+    with page.expect_navigation():
+        page.keyboard.press("2")
+    assert "Saved." in page.content()
+    with store.transaction(factory) as session:
+        (row,) = store.export_records(session, run="keys", include_fast=True)
+    assert row["critique"] == "sample two 1s best"
+    with store.transaction(factory) as session:
+        ann = store.get_labeler(session, name="ann")
+        assert page.locator("#mine-today").inner_text() == str(store.my_progress(session, labeler=ann).today)
+
+    # Undo the label just given: the task comes back.
+    with page.expect_navigation():
+        page.click("#undo-button")
+    assert "Label undone" in page.content()
+    with store.transaction(factory) as session:
+        assert list(store.export_records(session, run="keys", include_fast=True)) == []
+
+    # Shortcuts off: keys do nothing, aria-keyshortcuts is withdrawn, and it stays off on reload.
+    page.click("#keys-toggle")
+    page.keyboard.press("2")
+    page.wait_for_timeout(300)
+    assert page.locator("#sample-2 button.choose").get_attribute("aria-keyshortcuts") is None
+    page.reload()
+    assert not page.locator("#keys-toggle").is_checked()
+    page.keyboard.press("t")
+    page.wait_for_timeout(300)
+    with store.transaction(factory) as session:
+        assert list(store.export_records(session, run="keys", include_fast=True)) == []
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "compare-shortcuts-off.png"), full_page=True)
+    page.goto(base + "/history")
+    assert page.locator("h1", has_text="My labels").count() == 1
+    page.screenshot(path=str(shots / "history.png"), full_page=True)
+
+
+def test_admin_writes_guidelines_and_the_labeler_sees_them(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="guided", records=[record(80 + i) for i in range(2)])
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.goto(base + "/admin?run=guided")
+    admin.fill("#guidelines-text", "Pick the most factual continuation.\nTies only when truly equal.")
+    with admin.expect_navigation():
+        admin.click("#guidelines-save")
+    assert "Guidelines saved." in admin.content()
+    page = _login(browser, base, tokens["ann"])
+    page.wait_for_url("**/compare")
+    page.goto(base + "/compare?run=guided")
+    panel = page.locator("#guidelines")
+    assert panel.is_visible() and "Ties only when truly equal." in panel.inner_text()
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    page.screenshot(path=str(shots / "compare-guidelines.png"), full_page=True)
+
+
+def test_admin_adds_an_account_and_the_token_works(live, browser, tmp_path):
+    base, tokens, factory = live
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.fill("#new-name", "carol")
+    with admin.expect_navigation():
+        admin.click("#add-labeler-button")
+    token = admin.locator("#new-token").inner_text()
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    admin.goto(base + "/admin#accounts")
+    assert admin.locator("#account-carol").is_visible()
+    admin.screenshot(path=str(shots / "admin.png"), full_page=True)
+    page = _login(browser, base, token)
+    page.wait_for_url("**/compare")
+    assert "carol" in page.locator(".who").inner_text()
+
+
+def test_admin_reviews_a_disputed_task(live, browser, tmp_path):
+    base, tokens, factory = live
+    with store.transaction(factory) as session:
+        store.enqueue(session, run="review", records=[record(90)], redundancy=2)
+        for name, best in (("ann", 0), ("boss", 1)):
+            who = store.get_labeler(session, name=name)
+            served = store.next_task(session, labeler=who, run="review")
+            store.save_label(session, labeler=who, task_id=served.task.id, best=best,
+                             critique="too vague" if name == "boss" else None)
+        task_id = served.task.id
+    admin = _login(browser, base, tokens["boss"])
+    admin.wait_for_url("**/admin")
+    admin.goto(base + "/admin?run=review")
+    assert "too vague" in admin.locator("#critiques-table").inner_text()
+    with admin.expect_navigation():
+        admin.locator("#disputed-table a", has_text=str(task_id)).click()
+    assert admin.locator("#disagreement").is_visible()
+    assert admin.locator("#answers tbody tr").count() == 2
+    shots = Path(os.environ.get("LMPREF_SCREENSHOT_DIR", tmp_path))
+    admin.screenshot(path=str(shots / "admin-task.png"), full_page=True)
+
+
+def test_login_csrf_from_another_port_is_refused(live, browser, tmp_path):
+    """The attack of issue 16: a page on another port of the same host plants the login cookie
+    (cookies do not isolate ports) and posts the attacker's token; the victim must not end up
+    logged in as the attacker."""
+    import functools
+    import http.server
+    import threading
+
+    base, tokens, factory = live
+    host_port = _free_port()
+    (tmp_path / "attack.html").write_text(
+        f'<form id="f" method="post" action="{base}/login">'
+        f'<input name="token" value="{tokens["boss"]}"><input name="csrf" value="planted"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", host_port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = browser.new_context()
+        # What the attacker's server would do with Set-Cookie: the double-submit cookie, planted.
+        context.add_cookies([{"name": "lmpref_login", "value": "planted", "url": base}])
+        page = context.new_page()
+        with page.expect_response(lambda r: r.url == base + "/login" and r.request.method == "POST") as posted:
+            page.goto(f"http://127.0.0.1:{host_port}/attack.html")
+        assert posted.value.status == 403
+        assert "lmpref_session" not in [c["name"] for c in context.cookies()]
+        context.close()
+    finally:
+        server.shutdown()

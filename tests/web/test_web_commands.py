@@ -55,7 +55,10 @@ def test_enqueue_label_export(lmpref, tmp_path, capsys):
         assert lmpref("export-labels", "--run", "r", "--format", fmt, out) == 0
         assert len(out.read_text().splitlines()) == rows
     assert lmpref("label-progress", "--run", "r", "--batch", "round-0") == 0
-    assert "1 labels, 0/3 tasks complete, 5 labels still wanted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 3 pairwise rows" in out and "one per (chosen, other) pair" in out
+    assert ("1 labels on non-gold tasks (1 exportable, 0 too fast, 0 bare flags), 0/3 tasks complete, "
+            "5 labels still wanted") in out
     assert lmpref("export-labels", "--run", "nope", tmp_path / "x.jsonl") == 2
 
 
@@ -88,4 +91,5 @@ def test_serve_is_registered():
 
 def test_serve_refuses_a_non_positive_lease(lmpref, capsys):
     assert lmpref("serve", "--lease-minutes", "0") == 2
-    assert "--lease-minutes with a positive number" in capsys.readouterr().err
+    assert "--lease-minutes and --session-hours as positive numbers" in capsys.readouterr().err
+    assert lmpref("serve", "--session-hours", "0") == 2

@@ -40,6 +40,18 @@ def get_run(session: Session, *, name: str) -> Run:
     return run
 
 
+MAX_GUIDELINES = 20_000  # characters
+
+
+def set_guidelines(session: Session, *, run: str, text: str) -> Run:
+    """Replace a run's labeling guidelines (blank text removes them)."""
+    if len(text) > MAX_GUIDELINES:
+        raise Invalid(f"guidelines are longer than {MAX_GUIDELINES} characters")
+    row = get_run(session, name=run)
+    row.guidelines = text.strip() or None
+    return row
+
+
 def ensure_run(session: Session, *, name: str, gold_rate: float | None = None) -> Run:
     if not name or len(name) > 128:
         raise Invalid("a run name is 1-128 characters")

@@ -9,6 +9,9 @@
 - `ratings`: accuracy-rating labels, `{"id", "doc_id", "policy", "query", "response", "rating",
   "note", "labeler"}`, one row per label. The other formats leave rating tasks out and this one
   leaves comparisons out.
+- `critiques`: every label with a critique, note or suggested correction, comparisons and
+  ratings alike, `{"id", "task_id", "kind", "labeler", "query", "answer", "critique",
+  "correction", "created_at"}` (`answer`: the chosen response's text, "tie", or the rating).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Invalid, NotFound
 from lmpref.store.models import Batch, GoldTask, Label, Query, Task
 
-FORMATS = ("bestofk", "openai", "pairwise", "ratings")
+FORMATS = ("bestofk", "openai", "pairwise", "ratings", "critiques")
 
 
 def labeled(
@@ -121,11 +124,39 @@ def rating_record(label: Label, task: Task) -> dict[str, Any]:
     }
 
 
+def critique_record(label: Label, task: Task) -> dict[str, Any] | None:
+    if label.critique is None and label.correction is None:
+        return None
+    texts = [s.text for s in valid_samples(task.query)]
+    if label.tie:
+        answer = "tie"
+    elif label.rating is not None:
+        answer = label.rating
+    else:
+        answer = texts[label.best]
+    return {
+        "id": task.query.source_id,
+        "task_id": task.id,
+        "kind": task.kind,
+        "labeler": label.labeler.name,
+        "query": task.query.text,
+        "answer": answer,
+        "critique": label.critique,
+        "correction": label.correction,
+        "created_at": label.created_at.isoformat(),
+    }
+
+
 def export_records(session: Session, *, run: str, fmt: str = "bestofk", **filters: Any) -> Iterator[dict[str, Any]]:
     """Rows of `fmt` for the run's labels; `filters` go to `labeled` (batch, include_fast, include_gold)."""
     if fmt not in FORMATS:
         raise Invalid(f"format must be one of {', '.join(FORMATS)}")
     for label, task in labeled(session, run=run, **filters):
+        if fmt == "critiques":
+            record = critique_record(label, task)
+            if record is not None:
+                yield record
+            continue
         if (fmt == "ratings") != (task.kind == "accuracy"):
             continue
         if fmt == "ratings":

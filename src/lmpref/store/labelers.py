@@ -7,16 +7,17 @@ guess from), and it lets us look a token up by an index.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import re
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lmpref.store.errors import Conflict, Invalid, NotFound
-from lmpref.store.models import ROLES, Labeler, Meta
+from lmpref.store.models import ROLES, Labeler, Meta, WebSession, utcnow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKEN_PREFIX = "lmp_"
@@ -73,13 +74,46 @@ def rotate_token(session: Session, *, name: str) -> str:
     labeler = get_labeler(session, name=name)
     token = new_token()
     labeler.token_hash = hash_token(token)
+    end_sessions(session, labeler=labeler)
     return token
 
 
 def set_active(session: Session, *, name: str, active: bool) -> Labeler:
     labeler = get_labeler(session, name=name)
     labeler.active = active
+    if not active:
+        end_sessions(session, labeler=labeler)
     return labeler
+
+
+def start_session(session: Session, *, labeler: Labeler, lifetime: dt.timedelta) -> str:
+    """A new browser session for `labeler`; returns the cookie value (only its hash is stored).
+    Expired sessions of every labeler are deleted on the way, so the table stays small."""
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    session.add(WebSession(token_hash=hash_token(token), labeler_id=labeler.id, created_at=now, expires_at=now + lifetime))
+    session.flush()
+    return token
+
+
+def session_labeler(session: Session, *, token: str) -> Labeler | None:
+    """The active labeler of an unexpired, unrevoked browser session, or None."""
+    if not token or len(token) > 200:
+        return None
+    row = session.scalar(select(WebSession).where(WebSession.token_hash == hash_token(token)))
+    if row is None or row.expires_at <= utcnow() or not row.labeler.active:
+        return None
+    return row.labeler
+
+
+def end_session(session: Session, *, token: str) -> None:
+    """Logout: the cookie stops working everywhere it was copied to."""
+    session.execute(delete(WebSession).where(WebSession.token_hash == hash_token(token)))
+
+
+def end_sessions(session: Session, *, labeler: Labeler) -> None:
+    session.execute(delete(WebSession).where(WebSession.labeler_id == labeler.id))
 
 
 def server_secret(session: Session) -> str:

@@ -75,6 +75,20 @@ class Labeler(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class WebSession(Base):
+    """A browser login. The cookie holds a random token; only its SHA-256 is stored, so a
+    stolen database does not log anyone in. Deleting the row (logout, token rotation,
+    disabling the account) ends the session at once; `expires_at` bounds it regardless."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    labeler: Mapped[Labeler] = relationship()
+
+
 class Run(Base):
     """One experiment (e.g. `sentiment-online`); labels are always read back per run."""
 
@@ -84,6 +98,8 @@ class Run(Base):
     # Fraction of served tasks that are gold tasks (quality control).
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # What the admin tells labelers about this run (shown beside every task; plain text).
+    guidelines: Mapped[str | None] = mapped_column(Text)
     batches: Mapped[list[Batch]] = relationship(back_populates="run", order_by="Batch.id")
 
 

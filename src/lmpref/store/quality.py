@@ -33,7 +33,8 @@ TIE = -1  # the answer value of a tie in agreement and alpha
 @dataclass
 class LabelerQuality:
     name: str
-    labels: int = 0
+    labels: int = 0  # every label in scope: gold tasks, bare flags and too-fast ones included
+    exportable: int = 0  # answers on non-gold tasks, not too fast: this labeler's rows in a default export
     gold_answered: int = 0
     gold_correct: int = 0
     agreement_pairs: int = 0
@@ -104,6 +105,9 @@ def quality_report(session: Session, *, run: str | None = None) -> QualityReport
         s = stats.setdefault(name, LabelerQuality(name=name))
         s.labels += 1
         s.too_fast += label.too_fast
+        s.exportable += gold_best is None and not label.too_fast and (
+            label.best is not None or label.tie or label.rating is not None
+        )
         s.flagged += label.flag is not None
         seconds[name].append(label.seconds)
         times[name].append(label.created_at)

@@ -33,13 +33,20 @@ class Served:
     task: Task
     run: str
     samples: list[Sample]  # in display order (position 0 first)
+    guidelines: str | None = None  # the run's, for the labeler
 
 
 def _served(session: Session, assignment: Assignment) -> Served:
     task = assignment.task
     slots = valid_samples(task.query)
     run = session.get(Run, task.run_id)
-    return Served(assignment=assignment, task=task, run=run.name, samples=[slots[s] for s in assignment.order])
+    return Served(
+        assignment=assignment,
+        task=task,
+        run=run.name,
+        samples=[slots[s] for s in assignment.order],
+        guidelines=run.guidelines,
+    )
 
 
 def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
@@ -216,20 +223,39 @@ class Progress:
     batch: str | None
     tasks: int  # comparison and rating tasks, gold excluded
     gold_tasks: int
-    labels: int  # labels on non-gold tasks
+    labels: int  # every label on non-gold tasks: bare flags and too-fast ones included
     complete: int  # tasks with at least `redundancy` labels
     queue_depth: int  # labels still wanted
+    # Of `labels`, those an export holds by default (an answer, not too fast): the count that
+    # matches `export-labels` rows (bestofk, ratings), `labels` minus the next two.
+    exportable: int = 0
+    flag_only: int = 0  # bare flags: no answer, never exported
+    too_fast: int = 0  # answers under the minimum time: exported only with --include-fast
 
 
 def progress(session: Session, *, run: str, batch: str | None = None) -> Progress:
     """How far labeling of a run (or one of its batches) is; the experiment loop polls this."""
     run_row = get_run(session, name=run)
+    answered = Label.best.is_not(None) | Label.tie | Label.rating.is_not(None)
     n_labels = (
-        select(Label.task_id, func.count(Label.id).label("n")).group_by(Label.task_id).subquery()
+        select(
+            Label.task_id,
+            func.count(Label.id).label("n"),
+            func.count(Label.id).filter(~answered).label("flags"),
+            func.count(Label.id).filter(answered, Label.too_fast.is_(True)).label("fast"),
+        )
+        .group_by(Label.task_id)
+        .subquery()
     )
     is_gold = exists().where(GoldTask.task_id == Task.id)
     q = (
-        select(Task.redundancy, func.coalesce(n_labels.c.n, 0), is_gold)
+        select(
+            Task.redundancy,
+            func.coalesce(n_labels.c.n, 0),
+            is_gold,
+            func.coalesce(n_labels.c.flags, 0),
+            func.coalesce(n_labels.c.fast, 0),
+        )
         .outerjoin(n_labels, n_labels.c.task_id == Task.id)
         .where(Task.run_id == run_row.id)
     )
@@ -239,12 +265,15 @@ def progress(session: Session, *, run: str, batch: str | None = None) -> Progres
             raise NotFound(f"run {run!r} has no batch {batch!r}")
         q = q.where(Task.batch_id == batch_id)
     p = Progress(run=run, batch=batch, tasks=0, gold_tasks=0, labels=0, complete=0, queue_depth=0)
-    for redundancy, n, gold in session.execute(q):
+    for redundancy, n, gold, flags, fast in session.execute(q):
         if gold:
             p.gold_tasks += 1
             continue
         p.tasks += 1
         p.labels += n
+        p.flag_only += flags
+        p.too_fast += fast
+        p.exportable += n - flags - fast
         p.complete += n >= redundancy
         p.queue_depth += max(0, redundancy - n)
     return p

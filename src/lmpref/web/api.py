@@ -14,12 +14,14 @@ from sqlalchemy import select
 from lmpref import store
 from lmpref.store import Label
 from lmpref.web.schemas import (
+    NO_NUL,
     AndonClear,
     AndonCreate,
     AndonPublic,
     AndonStatus,
     EnqueueCreate,
     EnqueuePublic,
+    GuidelinesUpdate,
     LabelCreate,
     LabelerCreate,
     LabelerCreated,
@@ -37,12 +39,16 @@ from lmpref.web.views import andon_public, label_public, progress_public, qualit
 router = APIRouter(prefix="/api")
 # Ids fit a 32-bit INTEGER column on every backend; larger ones are a 422, not a driver error.
 Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
+RunName = Annotated[str, Path(max_length=128, pattern=NO_NUL)]
+Filter = Annotated[str | None, Query(max_length=128, pattern=NO_NUL)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request (e.g. a body that cannot be read)"},
     401: {"description": "Missing or invalid token"},
     403: {"description": "Admins only"},
     404: {"description": "Unknown run, task or event"},
     409: {"description": "Conflicts with stored state (e.g. already labeled)"},
-    422: {"description": "Invalid input"},
+    413: {"description": "Request body too large (`--max-body-bytes`)"},
+    422: {"description": "Invalid input, including a NUL character or a lone surrogate anywhere"},
 }
 
 
@@ -58,7 +64,7 @@ def me(labeler: ApiLabeler) -> LabelerPublic:
     responses={**ERRORS, 204: {"description": "Nothing to label now"}},
 )
 def next_task(
-    labeler: ApiLabeler, session: SessionDep, request: Request, run: Annotated[str | None, Query(max_length=128)] = None
+    labeler: ApiLabeler, session: SessionDep, request: Request, run: Filter = None
 ) -> Any:
     """Your open task, or a new one. Asking again returns the same task until you answer it."""
     served = store.next_task(session, labeler=labeler, run=run, lease=request.app.state.settings.lease)
@@ -90,6 +96,13 @@ def my_labels(
     return [label_public(label) for label in session.scalars(q)]
 
 
+@router.post("/labels/{label_id}/undo", response_model=SkipPublic, tags=["labeling"], responses=ERRORS)
+def undo_label(label_id: Id, labeler: ApiLabeler, session: SessionDep) -> SkipPublic:
+    """Take back one of your labels within a few minutes of giving it; the task is open for you again."""
+    assignment = store.undo_label(session, labeler=labeler, label_id=label_id)
+    return SkipPublic(task_id=assignment.task_id, status=assignment.status)
+
+
 @router.post("/andon", response_model=AndonPublic, status_code=201, tags=["andon"], responses=ERRORS)
 def pull_andon(body: AndonCreate, labeler: ApiLabeler, session: SessionDep) -> AndonPublic:
     """Stop training of `run` (or of every run); any labeler may pull, only admins clear."""
@@ -98,7 +111,7 @@ def pull_andon(body: AndonCreate, labeler: ApiLabeler, session: SessionDep) -> A
 
 
 @router.get("/runs/{run}/andon", response_model=AndonStatus, tags=["andon"], responses=ERRORS)
-def andon_status(run: str, labeler: ApiLabeler, session: SessionDep) -> AndonStatus:
+def andon_status(run: RunName, labeler: ApiLabeler, session: SessionDep) -> AndonStatus:
     """What a training process polls between updates: it must not step while `stop` is true."""
     events = [andon_public(e) for e in store.open_andon_events(session, run=run)]
     return AndonStatus(run=run, stop=bool(events), events=events)
@@ -116,39 +129,48 @@ def clear_andon(event_id: Id, body: AndonClear, admin: ApiAdmin, session: Sessio
 
 @router.get("/runs", response_model=list[RunPublic], tags=["runs"], responses=ERRORS)
 def runs(admin: ApiAdmin, session: SessionDep) -> list[RunPublic]:
-    return [
-        RunPublic(
-            name=r.name,
-            gold_rate=r.gold_rate,
-            batches=[b.name for b in r.batches],
-            progress=progress_public(store.progress(session, run=r.name)),
-        )
-        for r in store.list_runs(session)
-    ]
+    return [_run_public(session, r) for r in store.list_runs(session)]
+
+
+def _run_public(session: SessionDep, r: store.Run) -> RunPublic:
+    return RunPublic(
+        name=r.name,
+        gold_rate=r.gold_rate,
+        batches=[b.name for b in r.batches],
+        progress=progress_public(store.progress(session, run=r.name)),
+        guidelines=r.guidelines,
+    )
 
 
 @router.get("/runs/{run}/progress", response_model=ProgressPublic, tags=["runs"], responses=ERRORS)
 def run_progress(
-    run: str, admin: ApiAdmin, session: SessionDep, batch: Annotated[str | None, Query(max_length=128)] = None
+    run: RunName, admin: ApiAdmin, session: SessionDep, batch: Filter = None
 ) -> ProgressPublic:
     return progress_public(store.progress(session, run=run, batch=batch))
 
 
 @router.post("/runs/{run}/enqueue", response_model=EnqueuePublic, tags=["runs"], responses=ERRORS)
-def enqueue(run: str, body: EnqueueCreate, admin: ApiAdmin, session: SessionDep) -> EnqueuePublic:
+def enqueue(run: RunName, body: EnqueueCreate, admin: ApiAdmin, session: SessionDep) -> EnqueuePublic:
     """Add sampling-JSONL records as tasks; re-sending a record id to the same batch is a no-op."""
     records = [r.model_dump(exclude_none=True) for r in body.records]
     result = store.enqueue(session, run=run, records=records, **body.model_dump(exclude={"records"}))
     return EnqueuePublic.model_validate(result, from_attributes=True)
 
 
+@router.put("/runs/{run}/guidelines", response_model=RunPublic, tags=["runs"], responses=ERRORS)
+def set_guidelines(run: RunName, body: GuidelinesUpdate, admin: ApiAdmin, session: SessionDep) -> RunPublic:
+    """Replace the run's labeling guidelines; labelers see them beside every task of the run."""
+    row = store.set_guidelines(session, run=run, text=body.text)
+    return _run_public(session, row)
+
+
 @router.get("/runs/{run}/labels", response_model=list[dict[str, Any]], tags=["runs"], responses=ERRORS)
 def export_labels(
-    run: str,
+    run: RunName,
     admin: ApiAdmin,
     session: SessionDep,
     format: Annotated[str, Query(pattern=f"^({'|'.join(store.FORMATS)})$")] = "bestofk",
-    batch: Annotated[str | None, Query(max_length=128)] = None,
+    batch: Filter = None,
     include_fast: bool = False,
     include_gold: bool = False,
 ) -> list[dict[str, Any]]:
@@ -162,7 +184,7 @@ def export_labels(
 
 @router.get("/quality", response_model=QualityPublic, tags=["runs"], responses=ERRORS)
 def quality(
-    admin: ApiAdmin, session: SessionDep, run: Annotated[str | None, Query(max_length=128)] = None
+    admin: ApiAdmin, session: SessionDep, run: Filter = None
 ) -> QualityPublic:
     return quality_public(store.quality_report(session, run=run))
 

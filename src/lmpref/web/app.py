@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -12,10 +15,12 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lmpref import store
 from lmpref.web import api, pages, run_status
+from lmpref.web.docs import DOCS_CSP, DOCS_PATH, mount_docs
 from lmpref.web.security import LoginRequired, Signer
 from lmpref.web.settings import Settings
 
@@ -55,6 +60,82 @@ class LimitBody:
         await self.app(scope, limited, send)
 
 
+BAD_TEXT = "text must not contain NUL characters (U+0000) or unpaired surrogates"
+
+
+def _bad_text(value: Any) -> bool:
+    """True if any string in a parsed JSON value (keys included) holds a NUL or a lone surrogate.
+
+    PostgreSQL cannot store U+0000 in text (SQLite can), and a lone surrogate cannot be encoded
+    as UTF-8 at all; both used to surface as 500s. `encode` fails exactly on lone surrogates.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_text(k) or _bad_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_text(v) for v in value)
+    return False
+
+
+class RejectBadText:
+    """422 for a NUL or a lone surrogate anywhere a client can put text: path, query, body.
+
+    One rule for every route and both stores, checked before any handler runs. Bodies are read
+    whole (LimitBody, outside this, bounds them); JSON is parsed to see through `\\u0000` escapes,
+    URL-encoded forms are percent-decoded, where a NUL can only be a field's content.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        reject = JSONResponse({"detail": BAD_TEXT}, 422)
+        if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            return await reject(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+        except HTTPException as err:  # LimitBody's 413 for a chunked body over the limit
+            return await JSONResponse({"detail": err.detail}, err.status_code)(scope, receive, send)
+        body = b"".join(chunks)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type == b"application/x-www-form-urlencoded":
+            bad = b"\x00" in unquote_to_bytes(body)
+        else:  # JSON (FastAPI also reads a body without a content type as JSON), or multipart
+            try:
+                bad = _bad_text(json.loads(body))
+            except ValueError:  # not JSON: raw bytes are what gets parsed
+                bad = b"\x00" in body
+        if bad:
+            return await reject(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 class LimitConcurrency:
     """Admission control: at most `limit` requests past this point at once.
 
@@ -70,7 +151,7 @@ class LimitConcurrency:
         self.slots = asyncio.Semaphore(limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+        if scope["type"] != "http" or scope["path"].startswith(("/static/", "/docs-assets/")):
             return await self.app(scope, receive, send)
         async with self.slots:
             await self.app(scope, receive, send)
@@ -82,17 +163,32 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        # The API docs page alone runs Swagger UI, which needs inline styles and data: images.
+        self.docs_headers = [(k.lower().encode(), v.encode()) for k, v in {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_CSP}.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = self.docs_headers if scope["path"] == DOCS_PATH else self.headers
 
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.headers
+                message["headers"] = list(message.get("headers", [])) + headers
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at this path. Starlette's 405 names only the first route
+    that matched the path, so a path split over routes (GET and POST /api/andon) answered
+    OPTIONS with one of them. Each method is probed against the whole routing table."""
+    allowed = [
+        method
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
+    return ", ".join(allowed)
 
 
 def _wants_html(request: Request) -> bool:
@@ -110,6 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Best-of-K comparisons for reward-model training (Ziegler et al. 2019). "
         "Authenticate with `Authorization: Bearer <token>` from `lmpref labelers add`.",
+        docs_url=None,  # served by docs.mount_docs from local files (the default needs a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessions = sessions
@@ -119,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(run_status.router)  # the experiment's status page (issue #5)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    mount_docs(app)
 
     @app.exception_handler(store.StoreError)
     async def store_error(request: Request, err: store.StoreError) -> Response:
@@ -129,8 +228,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 405:  # Starlette names only the first route's methods; name them all
+            err.headers = {**(err.headers or {}), "Allow": _allowed_methods(app, request.scope)}
         if _wants_html(request) and err.status_code >= 400:
-            return pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+            page = pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+            page.headers.update(err.headers or {})
+            return page
         return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -144,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def login_required(request: Request, err: LoginRequired) -> Response:
         return RedirectResponse("/login", status_code=303)
 
+    app.add_middleware(RejectBadText)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(LimitConcurrency, limit=settings.max_concurrency)
     app.add_middleware(LimitBody, limit=settings.max_body_bytes)

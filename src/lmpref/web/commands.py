@@ -36,9 +36,9 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings(db_url=args.db or store.default_url(), min_seconds=args.min_seconds, secure_cookies=args.secure_cookies,
-                            lease_minutes=args.lease_minutes)
+                            lease_minutes=args.lease_minutes, session_hours=args.session_hours)
     except ValueError as err:
-        print(f"error: {err}; pass --lease-minutes with a positive number", file=sys.stderr)
+        print(f"error: {err}; pass --lease-minutes and --session-hours as positive numbers", file=sys.stderr)
         return 2
     print(f"lmpref labeling server on http://{args.host}:{args.port} (store: {settings.db_url})", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
@@ -98,6 +98,16 @@ def enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+# What one row of each export format is, so a count is never read as "labels" when it is not.
+ROW_UNITS = {
+    "bestofk": "one per comparison label",
+    "openai": "one per 4-sample comparison label with token ids, ties left out",
+    "pairwise": "one per (chosen, other) pair: K-1 per comparison label, ties left out",
+    "ratings": "one per accuracy rating",
+    "critiques": "one per label with a critique or correction",
+}
+
+
 @_command
 def export_labels(args: argparse.Namespace) -> int:
     with store.transaction(store.open_store(args.db)) as session:
@@ -112,7 +122,10 @@ def export_labels(args: argparse.Namespace) -> int:
             ),
             args.out,
         )
-    print(f"wrote {n} {args.format} rows to {args.out}")
+    unit = ROW_UNITS[args.format]
+    left_out = [x for x, kept in (("too-fast", args.include_fast), ("gold-task", args.include_gold)) if not kept]
+    note = f"; {' and '.join(left_out)} labels left out" if left_out else ""
+    print(f"wrote {n} {args.format} rows to {args.out} ({unit}; bare flags are never exported{note})")
     return 0
 
 
@@ -120,7 +133,9 @@ def export_labels(args: argparse.Namespace) -> int:
 def label_progress(args: argparse.Namespace) -> int:
     with store.transaction(store.open_store(args.db)) as session:
         p = store.progress(session, run=args.run, batch=args.batch)
-    print(f"{p.labels} labels, {p.complete}/{p.tasks} tasks complete, {p.queue_depth} labels still wanted, {p.gold_tasks} gold tasks")
+    print(f"{p.labels} labels on non-gold tasks ({p.exportable} exportable, {p.too_fast} too fast, "
+          f"{p.flag_only} bare flags), {p.complete}/{p.tasks} tasks complete, {p.queue_depth} labels still wanted, "
+          f"{p.gold_tasks} gold tasks")
     return 0
 
 
@@ -149,6 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-seconds", type=float, default=5.0, help="labels faster than this are marked too fast")
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind HTTPS)")
+    p.add_argument("--session-hours", type=float, default=12.0, help="a browser login ends this long after it began (default 12)")
     p.add_argument("--lease-minutes", type=float, default=15.0,
                    help="how long a served task is held for its labeler before another may take the slot (default 15)")
     p.add_argument("--log-level", default="info")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from lmpref import store
 from lmpref.store.experiment import read_status
-from lmpref.web.api import ERRORS
+from lmpref.web.api import ERRORS, RunName
 from lmpref.web.pages import render
 from lmpref.web.security import ApiLabeler, PageLabeler, SessionDep
 from lmpref.web.views import andon_public
@@ -53,7 +53,7 @@ def polyline(points: list[list[float]], width: int = CURVE_W, height: int = CURV
 
 
 @router.get("/api/runs/{run}/status", tags=["runs"], responses=ERRORS)
-def run_status_api(run: str, labeler: ApiLabeler, session: SessionDep) -> dict[str, Any]:
+def run_status_api(run: RunName, labeler: ApiLabeler, session: SessionDep) -> dict[str, Any]:
     """The run's experiment status (null if no experiment published one), progress and Andon history."""
     return run_status(session, run)
 

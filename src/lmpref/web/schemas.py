@@ -16,11 +16,15 @@ from lmpref.store.models import Rating
 from lmpref.store.queue import MAX_NOTE
 
 MAX_K = 16
-Note = Field(default=None, max_length=MAX_NOTE)
+# No store keeps a NUL (PostgreSQL refuses it); saying so in the schema lets clients (and
+# schemathesis) know. The app rejects it everywhere anyway, nested extra keys included.
+NO_NUL = r"^[^\x00]*$"
+Note = Field(default=None, max_length=MAX_NOTE, pattern=NO_NUL)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `false` is not a number and "1" not an integer (lax mode coerced both).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LabelerCreate(Strict):
@@ -44,6 +48,9 @@ class SamplePublic(BaseModel):
     text: str
     copied_fraction: float = Field(description="Share of the words copied verbatim from the context.")
     copied_spans: list[tuple[int, int]] = Field(description="[start, end) character ranges copied from the context.")
+    context_spans: list[tuple[int, int]] = Field(
+        default_factory=list, description="[start, end) character ranges of the context those copies came from."
+    )
 
 
 class TaskPublic(BaseModel):
@@ -55,6 +62,7 @@ class TaskPublic(BaseModel):
     context: str
     samples: list[SamplePublic]
     served_at: dt.datetime
+    guidelines: str | None = Field(default=None, description="The run's labeling guidelines, written by an admin.")
 
 
 class LabelCreate(Strict):
@@ -88,12 +96,16 @@ class SkipPublic(BaseModel):
 
 
 class AndonCreate(Strict):
-    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="Why training should stop.")
-    run: str | None = Field(default=None, max_length=128, description="None stops every run.")
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why training should stop.")
+    run: str | None = Field(default=None, max_length=128, pattern=NO_NUL, description="None stops every run.")
+
+
+class GuidelinesUpdate(Strict):
+    text: str = Field(max_length=20_000, pattern=NO_NUL, description="Plain text; blank removes them.")
 
 
 class AndonClear(Strict):
-    note: str = Field(default="", max_length=2000)
+    note: str = Field(default="", max_length=2000, pattern=NO_NUL)
 
 
 class AndonPublic(BaseModel):
@@ -118,9 +130,12 @@ class ProgressPublic(BaseModel):
     batch: str | None
     tasks: int
     gold_tasks: int
-    labels: int
+    labels: int = Field(description="Every label on non-gold tasks, bare flags and too-fast ones included.")
     complete: int
     queue_depth: int
+    exportable: int = Field(description="Of `labels`: answers not too fast, the rows a default export holds.")
+    flag_only: int = Field(description="Of `labels`: bare flags (never exported).")
+    too_fast: int = Field(description="Of `labels`: answers under the minimum time (exported only on request).")
 
 
 class RunPublic(BaseModel):
@@ -128,26 +143,29 @@ class RunPublic(BaseModel):
     gold_rate: float
     batches: list[str]
     progress: ProgressPublic
+    guidelines: str | None = None
 
 
 class SamplingRecord(BaseModel):
     """One line of the sampling JSONL written by `lmpref sample`; other keys are kept as they are."""
 
-    model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1, max_length=128)
-    query: str = Field(max_length=MAX_TEXT)
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
+    query: str = Field(max_length=MAX_TEXT, pattern=NO_NUL)
     query_ids: list[int] | None = None
-    responses: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(min_length=1, max_length=MAX_K)
+    responses: list[Annotated[str, Field(max_length=MAX_TEXT, pattern=NO_NUL)]] = Field(min_length=1, max_length=MAX_K)
     response_ids: list[list[int] | None] | None = Field(default=None, max_length=MAX_K)
     valid: list[bool] | None = Field(default=None, max_length=MAX_K, description="False: never shown.")
-    policy: str = Field(default="", max_length=256)
-    policies: list[str] | None = Field(default=None, max_length=MAX_K, description="Per-response policy ids.")
+    policy: str = Field(default="", max_length=256, pattern=NO_NUL)
+    policies: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(
+        default=None, max_length=MAX_K, description="Per-response policy ids."
+    )
     best: int | None = Field(default=None, ge=0, lt=MAX_K, description="Gold records only: the right response.")
 
 
 class EnqueueCreate(Strict):
     records: list[SamplingRecord] = Field(max_length=5000, description="Sampling-JSONL records.")
-    batch: str = Field(default="default", min_length=1, max_length=128)
+    batch: str = Field(default="default", min_length=1, max_length=128, pattern=NO_NUL)
     redundancy: int = Field(default=1, ge=1, le=100)
     gold: bool = False
     gold_rate: float | None = Field(default=None, ge=0, lt=1)
@@ -163,7 +181,8 @@ class EnqueuePublic(BaseModel):
 
 class LabelerQualityPublic(BaseModel):
     name: str
-    labels: int
+    labels: int = Field(description="Every label in scope, gold tasks, bare flags and too-fast ones included.")
+    exportable: int = Field(description="Answers on non-gold tasks, not too fast: rows in a default export.")
     gold_answered: int
     gold_accuracy: float | None
     agreement_pairs: int

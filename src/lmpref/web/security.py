@@ -1,17 +1,20 @@
 """Authentication for the two kinds of client.
 
 - Scripts and label workers send `Authorization: Bearer <token>` to /api/*.
-- Browsers trade the token for a signed session cookie (HttpOnly, SameSite=Strict) at
-  /login; every form carries a CSRF token derived from that session, so a page on another
-  site cannot post on a labeler's behalf even if SameSite were not honoured.
+- Browsers trade the token for a session cookie (HttpOnly, SameSite=Strict) at /login. The
+  cookie is a random token whose hash is a row of `web_sessions`: logout, rotating the token or
+  disabling the account deletes the row, and `expires_at` bounds it, so a copied cookie dies too.
+  Every form carries a CSRF token derived from that session, so a page on another site cannot
+  post on a labeler's behalf even if SameSite were not honoured.
+- Every form POST must come from this origin (`same_origin`): cookies do not isolate ports, so
+  a page on another port of the same host could plant the login form's double-submit cookie
+  and log a victim in as the attacker (login CSRF); the Origin header says where a post came from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -19,14 +22,20 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from lmpref.store import Labeler, authenticate, transaction
+from lmpref.store import Labeler, authenticate, session_labeler, transaction
 
 SESSION_COOKIE = "lmpref_session"
 LOGIN_COOKIE = "lmpref_login"  # double-submit CSRF token of the login form (no session yet)
 
 
+def cookie_name(request: Request, name: str) -> str:
+    """Behind HTTPS (`secure_cookies`) cookies get the `__Host-` prefix: the browser then accepts
+    them only from this host over HTTPS, never set by a sibling domain or a plain-HTTP page."""
+    return "__Host-" + name if request.app.state.settings.secure_cookies else name
+
+
 class Signer:
-    """HMAC-SHA256 signatures for cookie values and CSRF tokens."""
+    """HMAC-SHA256 of CSRF tokens, keyed by the server secret."""
 
     def __init__(self, secret: str) -> None:
         self._key = hashlib.sha256(("lmpref-session:" + secret).encode()).digest()
@@ -34,26 +43,27 @@ class Signer:
     def mac(self, message: str) -> str:
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
-    def session_value(self, labeler: Labeler) -> str:
-        # Part of the token hash is signed in, so rotating a token ends its browser sessions.
-        payload = f"{labeler.id}.{labeler.token_hash[:16]}.{int(time.time())}.{secrets.token_hex(8)}"
-        return f"{payload}.{self.mac(payload)}"
+    def csrf_token(self, session_token: str) -> str:
+        return self.mac("csrf:" + session_token)
 
-    def read_session(self, value: str, max_age_s: float) -> tuple[int, str, str] | None:
-        """(labeler id, token-hash prefix, nonce) of a valid, unexpired cookie, else None."""
-        parts = value.split(".")
-        if len(parts) != 5:
-            return None
-        payload, mac = ".".join(parts[:4]), parts[4]
-        if not hmac.compare_digest(mac, self.mac(payload)):
-            return None
-        labeler_id, hash_prefix, issued, nonce = parts[:4]
-        if not labeler_id.isdigit() or not issued.isdigit() or time.time() - int(issued) > max_age_s:
-            return None
-        return int(labeler_id), hash_prefix, nonce
 
-    def csrf_token(self, nonce: str) -> str:
-        return self.mac("csrf:" + nonce)
+def same_origin(request: Request) -> None:
+    """403 for a form posted from another origin (another site, or another port of this host).
+
+    Browsers send `Origin` on every POST (`Sec-Fetch-Site` too, in current ones); a client that
+    sends neither is not a browser acting for a victim, and still needs the CSRF token.
+    """
+    here = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin")
+    referer = request.headers.get("referer")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise HTTPException(403, "cross-origin form posts are refused")
+    if origin is not None:
+        if origin != here:
+            raise HTTPException(403, "cross-origin form posts are refused")
+    elif referer is not None and referer != here and not referer.startswith(here + "/"):
+        raise HTTPException(403, "cross-origin form posts are refused")
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -92,9 +102,10 @@ class LoginRequired(Exception):
 class PageUser:
     """The logged-in labeler of a page request, with its CSRF token."""
 
-    def __init__(self, labeler: Labeler, csrf: str) -> None:
+    def __init__(self, labeler: Labeler, csrf: str, token: str) -> None:
         self.labeler = labeler
         self.csrf = csrf
+        self.token = token  # the session cookie's value (logout ends it)
 
     def check_csrf(self, token: str) -> None:
         if not hmac.compare_digest(token.encode(), self.csrf.encode()):
@@ -102,16 +113,13 @@ class PageUser:
 
 
 def page_user(request: Request, session: SessionDep) -> PageUser:
-    signer: Signer = request.app.state.signer
-    settings = request.app.state.settings
-    found = signer.read_session(request.cookies.get(SESSION_COOKIE, ""), settings.session_hours * 3600)
-    if found is None:
+    token = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
+    labeler = session_labeler(session, token=token)
+    if labeler is None:
         raise LoginRequired
-    labeler_id, hash_prefix, nonce = found
-    labeler = session.get(Labeler, labeler_id)
-    if labeler is None or not labeler.active or not hmac.compare_digest(labeler.token_hash[:16], hash_prefix):
-        raise LoginRequired
-    return PageUser(labeler, signer.csrf_token(nonce))
+    if request.method == "POST":
+        same_origin(request)
+    return PageUser(labeler, request.app.state.signer.csrf_token(token), token)
 
 
 def page_admin(user: Annotated[PageUser, Depends(page_user)]) -> PageUser:

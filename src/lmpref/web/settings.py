@@ -35,5 +35,7 @@ class Settings:
         return dt.timedelta(minutes=self.lease_minutes)
 
     def __post_init__(self) -> None:
+        if not self.session_hours > 0:
+            raise ValueError(f"session_hours must be > 0, got {self.session_hours}")
         if not self.lease_minutes > 0:
             raise ValueError(f"lease_minutes must be > 0 (minutes a served task is held), got {self.lease_minutes}")

@@ -24,7 +24,11 @@ def task_public(served: Served) -> TaskPublic:
         copying = copied_spans(sample.text, context)
         samples.append(
             SamplePublic(
-                position=position, text=sample.text, copied_fraction=copying.fraction, copied_spans=copying.spans
+                position=position,
+                text=sample.text,
+                copied_fraction=copying.fraction,
+                copied_spans=copying.spans,
+                context_spans=copying.context_spans,
             )
         )
     return TaskPublic(
@@ -34,6 +38,7 @@ def task_public(served: Served) -> TaskPublic:
         context=context,
         samples=samples,
         served_at=served.assignment.served_at,
+        guidelines=served.guidelines,
     )
 
 

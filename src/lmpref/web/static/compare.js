@@ -42,9 +42,27 @@
     }
   });
 
+  // Shortcuts can be switched off (screen-reader users, or anyone who types by accident);
+  // the choice is kept in this browser.
+  const keysToggle = document.getElementById("keys-toggle");
+  function applyKeys(on) {
+    keysToggle.checked = on;
+    document.querySelectorAll("[aria-keyshortcuts], [data-keys]").forEach(function (el) {
+      if (on && el.dataset.keys) el.setAttribute("aria-keyshortcuts", el.dataset.keys);
+      if (!on) { el.dataset.keys = el.getAttribute("aria-keyshortcuts"); el.removeAttribute("aria-keyshortcuts"); }
+    });
+    try { localStorage.setItem("lmpref.keys", on ? "1" : "0"); } catch (e) { /* private mode */ }
+  }
+  keysToggle.addEventListener("change", function () { applyKeys(keysToggle.checked); });
+  try { applyKeys(localStorage.getItem("lmpref.keys") !== "0"); } catch (e) { applyKeys(true); }
+
   document.addEventListener("keydown", function (event) {
     const tag = (event.target.tagName || "").toLowerCase();
-    if (tag === "input" || tag === "textarea" || tag === "select" || event.target.isContentEditable) return;
+    const typing = tag === "input" || tag === "textarea" || tag === "select" || event.target.isContentEditable;
+    // Esc leaves a text field, so the next key is a shortcut again (the text stays).
+    if (typing && event.key === "Escape") { event.target.blur(); return; }
+    if (typing && event.target.type !== "checkbox") return;
+    if (!keysToggle.checked) return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const n = Number(event.key);
     if (Number.isInteger(n) && n >= 1 && n <= k) {
@@ -59,6 +77,10 @@
       event.preventDefault();  // keep the "f" out of the field we focus
       document.getElementById("notes").open = true;
       flag.focus();
+    } else if (event.key === "n") {
+      event.preventDefault();  // keep the "n" out of the field we focus
+      document.getElementById("notes").open = true;
+      document.getElementById("critique").focus();
     } else if (event.key === "c") {
       applyHighlight(!toggle.checked);
     } else {

@@ -1,0 +1,73 @@
+"""A labeler's own view: what they did today and in all, their recent labels, and undoing the
+last one within a short window (a slip of the key should not need an admin)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from lmpref.store.errors import Conflict, NotFound
+from lmpref.store.models import Assignment, Label, Labeler, Query, Run, Task, utcnow
+
+UNDO_WINDOW = dt.timedelta(minutes=2)
+
+
+@dataclass
+class MyProgress:
+    today: int  # labels given since 00:00 UTC (bare flags included: work done)
+    total: int
+    too_fast_today: int  # of today's, under the minimum time: kept but not exported
+    skipped: int
+
+
+def my_progress(session: Session, *, labeler: Labeler) -> MyProgress:
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    mine = Label.labeler_id == labeler.id
+    today, total, fast = session.execute(
+        select(
+            func.count(Label.id).filter(Label.created_at >= midnight),
+            func.count(Label.id),
+            func.count(Label.id).filter(Label.created_at >= midnight, Label.too_fast.is_(True)),
+        ).where(mine)
+    ).one()
+    skipped = session.scalar(
+        select(func.count(Assignment.id)).where(Assignment.labeler_id == labeler.id, Assignment.status == "skipped")
+    )
+    return MyProgress(today=today, total=total, too_fast_today=fast, skipped=skipped or 0)
+
+
+def my_recent_labels(session: Session, *, labeler: Labeler, limit: int = 50) -> list[tuple[Label, str]]:
+    """(label, run name) of the labeler's newest labels first, samples loaded."""
+    q = (
+        select(Label, Run.name)
+        .join(Task, Label.task_id == Task.id)
+        .join(Run, Task.run_id == Run.id)
+        .where(Label.labeler_id == labeler.id)
+        .options(selectinload(Label.task).selectinload(Task.query).selectinload(Query.samples))
+        .order_by(Label.id.desc())
+        .limit(limit)
+    )
+    return [(label, run) for label, run in session.execute(q)]
+
+
+def can_undo(label: Label, *, now: dt.datetime | None = None, window: dt.timedelta = UNDO_WINDOW) -> bool:
+    return (now or utcnow()) - label.created_at <= window
+
+
+def undo_label(session: Session, *, labeler: Labeler, label_id: int, window: dt.timedelta = UNDO_WINDOW) -> Assignment:
+    """Take back one of your own labels given within `window`; the task is yours to answer
+    again (it comes back first). Older labels are part of the record and stay."""
+    label = session.get(Label, label_id)
+    if label is None or label.labeler_id != labeler.id:
+        raise NotFound(f"you have no label {label_id}")  # same answer for "not yours"
+    if not can_undo(label, window=window):
+        raise Conflict(f"label {label_id} is older than {int(window.total_seconds() // 60)} minutes; it can no longer be undone")
+    assignment = label.assignment
+    session.delete(label)
+    assignment.status = "open"
+    assignment.closed_at = None
+    session.flush()
+    return assignment

@@ -1,0 +1,95 @@
+"""The labeler's own view: progress today and in all, a history of their labels, undo within
+a short window, and being told when a label was too fast to count."""
+
+import datetime as dt
+import re
+
+from sqlalchemy import update
+from web_helpers import bearer, csrf_of, enqueue, login
+
+from lmpref import store
+from lmpref.store.models import Label
+from lmpref.web import Settings, create_app
+
+
+def _label_first(client, **data):
+    page = client.get("/compare").text
+    task_id = re.search(r'action="/compare/(\d+)"', page).group(1)
+    r = client.post(f"/compare/{task_id}", data={"csrf": csrf_of(page), **data}, follow_redirects=False)
+    return int(task_id), r
+
+
+def test_progress_history_and_undo(app, client, tokens):
+    enqueue(app)
+    login(client, tokens["ann"])
+    page = client.get("/compare").text
+    assert "<h1" in page and 'id="mine-today">0<' in page
+    task_id, r = _label_first(client, best="1", critique="clear winner")
+    assert r.headers["location"] == "/compare?msg=labeled"
+    page = client.get("/compare").text
+    assert 'id="mine-today">1<' in page and 'id="mine-total">1<' in page
+    assert 'id="undo-button"' in page
+    history = client.get("/history").text
+    assert "clear winner" in history and f"<td>{task_id}</td>" in history and "Undo" in history
+    label_id = re.search(r'action="/history/(\d+)/undo"', history).group(1)
+    r = client.post(f"/history/{label_id}/undo", data={"csrf": csrf_of(history)}, follow_redirects=False)
+    assert r.headers["location"] == "/compare?msg=undone"
+    page = client.get("/compare?msg=undone").text
+    assert "Label undone" in page and f'action="/compare/{task_id}"' in page  # the same task is back
+    assert 'id="mine-total">0<' in page
+    _, r = _label_first(client, action="tie")  # and can be answered again
+    assert r.status_code == 303
+    with store.transaction(app.state.sessions) as session:
+        assert store.progress(session, run="r").labels == 1
+
+
+def test_undo_is_only_for_your_own_recent_labels(app, client, tokens):
+    enqueue(app, redundancy=2)
+    login(client, tokens["ann"])
+    _label_first(client, best="0")
+    with store.transaction(app.state.sessions) as session:
+        ann_label = session.query(Label).one().id
+    client.cookies.clear()
+    login(client, tokens["bob"])
+    page = client.get("/compare").text
+    assert client.post(f"/history/{ann_label}/undo", data={"csrf": csrf_of(page)}).status_code == 404
+    # Past the window, even the author cannot take it back.
+    client.cookies.clear()
+    login(client, tokens["ann"])
+    with store.transaction(app.state.sessions) as session:
+        old = store.models.utcnow() - store.UNDO_WINDOW - dt.timedelta(seconds=1)
+        session.execute(update(Label).values(created_at=old))
+    history = client.get("/history").text
+    assert "Undo</button>" not in history
+    assert client.post(f"/history/{ann_label}/undo", data={"csrf": csrf_of(history)}).status_code == 409
+    r = client.post(f"/api/labels/{ann_label}/undo", headers=bearer(tokens["ann"]))
+    assert r.status_code == 409
+
+
+def test_undo_through_the_api(app, client, tokens):
+    enqueue(app)
+    h = bearer(tokens["ann"])
+    task = client.get("/api/tasks/next", headers=h).json()
+    label = client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 0}).json()
+    r = client.post(f"/api/labels/{label['id']}/undo", headers=h)
+    assert r.status_code == 200 and r.json() == {"task_id": task["task_id"], "status": "open"}
+    assert client.get("/api/tasks/next", headers=h).json()["task_id"] == task["task_id"]
+    assert client.post(f"/api/labels/{label['id']}/undo", headers=h).status_code == 404
+
+
+def test_a_too_fast_label_is_announced(tmp_path, tokens=None):
+    from fastapi.testclient import TestClient
+    from web_store_fixtures import sqlite_url
+
+    app = create_app(Settings(db_url=sqlite_url(tmp_path), min_seconds=3600))
+    with store.transaction(app.state.sessions) as session:
+        token = store.create_labeler(session, name="ann")[1]
+    enqueue(app)
+    client = TestClient(app)
+    login(client, token)
+    _, r = _label_first(client, best="0")
+    assert r.headers["location"] == "/compare?msg=fast"
+    page = client.get(r.headers["location"]).text
+    assert "faster than the 3600 s minimum" in page and "will not count" in page
+    assert "too fast to count" in page
+    assert "too fast" in client.get("/history").text
