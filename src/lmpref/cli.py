@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -346,6 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (ConfigError, DataError, ModelLoadError, StoreError, FileExistsError) as e:
         print(f"lmpref: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = " (finished steps and checkpoints are kept: run the same command with --resume to continue)" if hasattr(args, "resume") else ""
+        print(f"lmpref: interrupted{resume}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        print(f"lmpref: error: {e.strerror} writing {e.filename or 'a file'}: free space or choose a writable --out / --run-dir; "
+              "files are written whole (atomic renames), so --resume continues from the last finished step", file=sys.stderr)
         return 2
 
 

@@ -158,6 +158,8 @@ class PPOConfig:
     """Gradient-norm clip; 0 = off (the original has none)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every N updates (and at the end)."""
+    direction_window: int = 3
+    """Direction guard: stop when over this many updates the reward model's score of the policy's samples falls while the score PPO maximises rises (a sign flipped inside PPO); 0 turns it off."""
     mixed_precision: str = "no"
     """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
     shared_trunk: bool = True
@@ -256,6 +258,9 @@ class RunConfig:
     def check(self) -> None:
         """Check derived sizes once so a bad combination fails before any model loads."""
         p = self.ppo
+        for name in ("batch_size", "minibatches", "total_episodes", "epochs", "checkpoint_every"):
+            if getattr(p, name) < 1:
+                raise ConfigError(f"ppo.{name}={getattr(p, name)} must be at least 1 (set it with --set ppo.{name}=N)")
         if p.batch_size % p.minibatches:
             raise ConfigError(f"ppo.batch_size={p.batch_size} must be divisible by ppo.minibatches={p.minibatches}")
         mb = p.batch_size // p.minibatches

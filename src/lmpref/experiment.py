@@ -48,6 +48,7 @@ from lmpref import store
 from lmpref.config import ConfigError, RunConfig, save_config
 from lmpref.experiment_guards import (
     batch_round,
+    direction_guard,
     enqueue_interval,
     hacking_guard,
     heldout_accuracy,
@@ -336,6 +337,8 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
             last = _metrics_rows(ex.run_dir)[-1]
             if reason := kl_guard(last["objective/kl"], ex.cfg.ppo.kl_target, ex.cfg.experiment.kl_guard_factor):
                 return ex.pull(reason)
+            if reason := direction_guard(_metrics_rows(ex.run_dir), ex.cfg.ppo.direction_window):
+                return ex.pull(reason)
         if reason := ex.andon():
             return reason
         if calls > 1 and update in plan:  # labelers get this policy's samples while PPO goes on
@@ -346,7 +349,7 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
         _kill_point("update", row["step"])  # mid-update: its metrics row is written, its checkpoint is not
 
     state = step_train_policy(ex.cfg, ex.run_dir / "reward_models" / f"round-{r:03d}", ex.run_dir, resume=True,
-                              should_stop=should_stop, after_log=after_log)
+                              should_stop=should_stop, after_log=after_log, check_reward=False)
     stopped = state.get("stopped")
     return None if stopped in (None, SEGMENT_END) else stopped
 

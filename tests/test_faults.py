@@ -1,0 +1,223 @@
+"""Fault injection: each fault the paper's bug or a user's bad input can bring, injected on the tiny
+random GPT-2, and the halt or the one-line message that must follow. Extend it: a new fault is a
+test that injects it and asserts what the user sees (exit status, message, files left alone).
+
+Faults that must halt (exit 3 through the Andon path / a guard's reason):
+  - a reward model whose gain and bias are negated in its config.json, given to train-policy;
+  - a sign bug at the moment `run` saves its reward model (the saved model, reloaded, is measured);
+  - a sign flipped inside PPO (the score PPO is fed is the negated reward-model score).
+Bad input must exit 2 with one line naming the file / row / key and the fix, and no traceback."""
+
+import json
+import shutil
+
+import pytest
+
+from lmpref.cli import main
+
+TINY = ["--preset", "test", "--scale", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Samples, labels and a reward model of the tiny preset, made once for the module."""
+    d = tmp_path_factory.mktemp("trained")
+    assert main(["sample", *TINY, "--out", str(d / "s.jsonl")]) == 0
+    assert main(["label", str(d / "s.jsonl"), "--labeler", "sentiment", "--out", str(d / "l.jsonl")]) == 0
+    assert main(["train-reward", *TINY, "--labels", str(d / "l.jsonl"), "--samples", str(d / "s.jsonl"), "--out", str(d / "rm")]) == 0
+    return d
+
+
+def _negate_gain_and_bias(rm_dir):
+    path = rm_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["lmpref_reward_gain"], config["lmpref_reward_bias"] = -config["lmpref_reward_gain"], -config["lmpref_reward_bias"]
+    path.write_text(json.dumps(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flipped signs
+
+
+def test_train_policy_refuses_a_reward_model_with_negated_gain_and_bias(trained, tmp_path, capsys):
+    rm = tmp_path / "rm"
+    shutil.copytree(trained / "rm", rm)
+    _negate_gain_and_bias(rm)
+    run = tmp_path / "run"
+    assert main(["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(rm)]) == 3
+    out = capsys.readouterr().out
+    assert "does not score as it did when trained" in out and "negated" in out
+    assert not (run / "policy").exists() and not (run / "metrics.jsonl").exists()  # no PPO update ran
+
+
+def test_train_policy_accepts_the_reward_model_as_saved(trained, tmp_path):
+    assert main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run"), "--reward-model", str(trained / "rm")]) == 0
+
+
+def test_run_measures_the_saved_reloaded_reward_model(tmp_path, capsys, monkeypatch):
+    """A sign bug at the moment the reward model is saved: the accuracy measured before the save is
+    not what PPO would load. `run` must measure the saved model and stop before PPO."""
+    from lmpref.models import RewardModel
+
+    save = RewardModel.save
+
+    def save_with_flipped_sign(self, path, extra=None, tokenizer=None):
+        self.set_normalization(-float(self.gain), -float(self.bias))
+        save(self, path, extra=extra, tokenizer=tokenizer)
+
+    monkeypatch.setattr(RewardModel, "save", save_with_flipped_sign)
+    run = tmp_path / "run"
+    assert main(["run", *TINY, "--run-dir", str(run)]) == 3
+    out = capsys.readouterr().out
+    assert "does not score as it did when trained" in out
+    assert not (run / "metrics.jsonl").exists() and not (run / "eval.json").exists()
+
+
+def test_a_sign_flipped_inside_ppo_halts_within_a_few_updates(trained, tmp_path, capsys, monkeypatch):
+    """The paper's overnight bug: PPO is fed the negated reward-model score. The reward model's score
+    of the policy's samples falls while the score PPO maximises rises; the direction guard stops it."""
+    import lmpref.ppo
+
+    shaped = lmpref.ppo.kl_shaped_rewards
+    monkeypatch.setattr(lmpref.ppo, "kl_shaped_rewards", lambda lp, rlp, scores, kl_coef: shaped(lp, rlp, -scores, kl_coef))
+    run = tmp_path / "run"
+    args = ["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(trained / "rm"),
+            "--set", "ppo.total_episodes=320", "--set", "ppo.lr=1e-3"]
+    assert main(args) == 3
+    out = capsys.readouterr().out
+    assert "fell" in out and "the score PPO maximises rose" in out and "sign flipped inside PPO" in out
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) < 20 and not (run / "policy").exists()
+
+
+def test_direction_guard_with_literal_numbers():
+    from lmpref.experiment_guards import direction_guard
+
+    rows = [{"step": i + 1, "objective/scores": s, "ppo/scores_seen": -s} for i, s in enumerate([0.1, 0.0, -0.2])]
+    assert "sign flipped inside PPO" in direction_guard(rows, 3)
+    same = [{**r, "ppo/scores_seen": r["objective/scores"]} for r in rows]
+    assert direction_guard(same, 3) is None  # a sound run: the two are one number, falling together is not this fault
+    assert direction_guard(rows[:2], 3) is None and direction_guard(rows, 0) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line naming the file / row / key and the fix, no traceback
+
+
+def _one_clean_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lmpref")]  # (progress bars aside)
+    assert len(lines) == 1 and lines[0].startswith("lmpref: error: "), err
+    return lines[0]
+
+
+def test_non_utf8_jsonl(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"id": 1, "query": "caf\xe9"}\n')
+    assert main(["label", str(samples), "--out", str(tmp_path / "l.jsonl")]) == 2
+    line = _one_clean_line(capsys)
+    assert f"{samples}:1: not UTF-8" in line and "save the file as UTF-8" in line
+    assert not (tmp_path / "l.jsonl").exists()
+
+
+def test_samples_missing_fields(trained, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"id": 0, "query": "Hi"}) + "\n")
+    assert main(["label", str(samples), "--out", str(tmp_path / "l.jsonl")]) == 2
+    assert f"{samples}:1: sampling record lacks 'responses'" in _one_clean_line(capsys)
+    rec = json.loads((trained / "s.jsonl").read_text().splitlines()[0])
+    del rec["query_ids"]
+    samples.write_text(json.dumps(rec) + "\n")
+    assert main(["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "rm")]) == 2
+    assert "lacks 'query_ids'" in _one_clean_line(capsys)
+    assert not (tmp_path / "rm").exists()
+
+
+def test_empty_samples_file_is_named(trained, tmp_path, capsys):
+    samples = tmp_path / "empty.jsonl"
+    samples.write_text("")
+    assert main(["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "rm")]) == 2
+    assert f"{samples}: empty" in _one_clean_line(capsys)
+
+
+def test_labels_file_holding_a_bare_list(trained, tmp_path, capsys):
+    labels = tmp_path / "l.json"
+    labels.write_text("[[1, 2, 3], [4, 5]]")
+    assert main(["train-reward", *TINY, "--labels", str(labels), "--samples", str(trained / "s.jsonl"), "--out", str(tmp_path / "rm")]) == 2
+    assert f"{labels}: item 1 of the list is a list, not a label object" in _one_clean_line(capsys)
+
+
+def test_unknown_labeler(trained, tmp_path, capsys):
+    assert main(["label", str(trained / "s.jsonl"), "--labeler", "nope", "--out", str(tmp_path / "l.jsonl")]) == 2
+    assert "unknown labeler 'nope'; choose one of:" in _one_clean_line(capsys)
+
+
+@pytest.mark.parametrize("key", ["ppo.minibatches", "ppo.batch_size"])
+def test_zero_sizes_are_refused_before_any_work(tmp_path, capsys, key):
+    run = tmp_path / "run"
+    assert main(["run", *TINY, "--run-dir", str(run), "--set", f"{key}=0"]) == 2
+    assert f"{key}=0 must be at least 1" in _one_clean_line(capsys)
+    assert not (run / "samples.jsonl").exists()
+
+
+def test_a_policy_folder_given_as_reward_model(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(trained / "rm")]) == 0
+    assert main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run2"), "--reward-model", str(run / "policy")]) == 2
+    assert "is a policy (it has value_head.safetensors), not a reward model" in _one_clean_line(capsys)
+
+
+def test_reward_model_folder_without_weights_or_model_type(trained, tmp_path, capsys):
+    rm = tmp_path / "rm"
+    shutil.copytree(trained / "rm", rm)
+    for weights in rm.glob("*.safetensors"):
+        weights.unlink()
+    assert main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run"), "--reward-model", str(rm)]) == 2
+    assert "no weights" in _one_clean_line(capsys)
+    config = json.loads((rm / "config.json").read_text())
+    del config["model_type"]
+    (rm / "config.json").write_text(json.dumps(config))
+    assert main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run"), "--reward-model", str(rm)]) == 2
+    assert "has no model_type" in _one_clean_line(capsys)
+
+
+def test_relative_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert main(["sample", *TINY, "--model", "runs/policy", "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert "'runs/policy' does not exist" in _one_clean_line(capsys)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import lmpref.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmpref.pipeline, "step_sample", interrupted)
+    assert main(["run", *TINY, "--run-dir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+
+
+def test_disk_full_while_saving_is_one_line_and_resume_does_not_duplicate(trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from lmpref.models import RewardModel
+
+    save = RewardModel.save
+
+    def disk_full(self, path, extra=None, tokenizer=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(RewardModel, "save", disk_full)
+    assert main(["run", *TINY, "--run-dir", str(run)]) == 2
+    assert "No space left on device" in _one_clean_line(capsys)
+    assert not (run / "reward_model").exists()
+    monkeypatch.setattr(RewardModel, "save", save)
+    assert main(["run", *TINY, "--run-dir", str(run), "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "reward_metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # not [1, 2, 1, 2]
+    assert (run / "reward_model" / "tokenizer_config.json").exists()  # written whole, tokenizer included
