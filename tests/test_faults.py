@@ -221,3 +221,23 @@ def test_disk_full_while_saving_is_one_line_and_resume_does_not_duplicate(traine
     steps = [json.loads(line)["step"] for line in (run / "reward_metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # not [1, 2, 1, 2]
     assert (run / "reward_model" / "tokenizer_config.json").exists()  # written whole, tokenizer included
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume must refuse a changed run
+
+
+def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path, capsys):
+    from lmpref.config import check_resume, make_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(make_config("test", "tiny", {"run_dir": str(run)}), run / "config.json")
+    before = (run / "config.json").read_text()
+    assert main(["run", *TINY, "--run-dir", str(run), "--resume", "--seed", "7", "--set", "ppo.total_episodes=64"]) == 2
+    line = _one_clean_line(capsys)
+    assert "ppo.total_episodes: 32 -> 64" in line and "seed: 0 -> 7" in line and "--allow-config-change" in line
+    assert (run / "config.json").read_text() == before and not (run / "samples.jsonl").exists()
+    changed = make_config("test", "tiny", {"run_dir": str(run), "seed": 7})
+    check_resume(changed, run / "config.json", allow=True)  # the explicit override
+    check_resume(make_config("test", "tiny", {"run_dir": str(run), "ppo.checkpoint_every": 5}), run / "config.json")  # storage only

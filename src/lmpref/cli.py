@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     print(f"[lmpref] run {cfg.preset} at scale {cfg.scale}, model {cfg.model.name}, seed {cfg.seed} -> {cfg.resolved_run_dir()}")
-    return _finish(run_offline(cfg, resume=args.resume), f"results in {cfg.resolved_run_dir()}/eval.json")
+    return _finish(run_offline(cfg, resume=args.resume, allow_config_change=args.allow_config_change), f"results in {cfg.resolved_run_dir()}/eval.json")
 
 
 def cmd_sample(args) -> int:
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: sample, label, train the reward model, PPO, evaluate")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step / checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the config differs from the run's in keys that change results")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("experiment", help="offline / online / batched label collection through the label store, resumable, obeying the Andon cord")

@@ -407,3 +407,33 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     from lmpref.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
+
+
+# Fields that change how a run is computed or stored, never what it computes: a resume may change them.
+RESUME_FREE = {"run_dir", "model.cache_dir", "model.attn_implementation", "ppo.checkpoint_every", "ppo.micro_batch_size",
+               "ppo.fast_sampling", "ppo.compile", "ppo.fused_adam", "sample.batch_size", "experiment.poll_seconds"}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(cfg: RunConfig, path: Path, allow: bool = False) -> None:
+    """`--resume` continues the run saved in `path` (its config.json): a config that differs in
+    anything that changes results would label, train or evaluate a different run on top of this
+    one's files. Raise naming the keys, unless `allow` (--allow-config-change)."""
+    if not path.exists():
+        return
+    try:
+        saved = _flat(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not a readable config; restore it or start a new --run-dir") from None
+    now = _flat(cfg.to_dict())
+    changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_FREE and saved.get(k) != now.get(k))
+    if changed and not allow:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8]) + (" ..." if len(changed) > 8 else "")
+        raise ConfigError(f"--resume with a config that differs from the run's {path} in {shown}; "
+                          "resume with the run's own settings, choose a new --run-dir, or pass --allow-config-change")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lmpref.accel import check_supported, full_model_state, full_optimizer_state, load_optimizer_state
-from lmpref.config import ConfigError, RunConfig, save_config
+from lmpref.config import ConfigError, RunConfig, check_resume, save_config
 from lmpref.eval_steps import step_evaluate
 from lmpref.experiment_guards import direction_guard, fingerprint, saved_reward_guard
 from lmpref.io import append_jsonl, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
@@ -342,9 +342,12 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     return state
 
 
-def run_offline(cfg: RunConfig, *, resume: bool = False) -> dict:
-    """The main job: sample from ρ, label, train the reward model, PPO, evaluate."""
+def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
+    """The main job: sample from ρ, label, train the reward model, PPO, evaluate. A resume must
+    keep the run's config (`check_resume`), or its files would mix two runs."""
     run_dir = cfg.resolved_run_dir()
+    if resume:
+        check_resume(cfg, run_dir / "config.json", allow_config_change)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or choose --run-dir")
