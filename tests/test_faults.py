@@ -241,3 +241,122 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path, capsys):
     changed = make_config("test", "tiny", {"run_dir": str(run), "seed": 7})
     check_resume(changed, run / "config.json", allow=True)  # the explicit override
     check_resume(make_config("test", "tiny", {"run_dir": str(run), "ppo.checkpoint_every": 5}), run / "config.json")  # storage only
+
+
+# ---------------------------------------------------------------------------------------------
+# The label worker
+
+
+def test_label_worker_retries_while_its_server_restarts():
+    """Two refused connections (the server restarting), then the server answers: the worker waits,
+    says so, and goes on; it marks itself as a program so --min-seconds does not drop its labels."""
+    import httpx
+
+    from lmpref.label_worker import PROGRAM_HEADER, WorkerConfig, run_worker
+
+    calls, seen_headers = [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        seen_headers.append(request.headers.get(PROGRAM_HEADER))
+        if len(calls) <= 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/api/tasks/next":
+            return httpx.Response(204)
+        return httpx.Response(200, json={"experiment": {"finished": True}})
+
+    logged = []
+    client = httpx.Client(base_url="http://server", transport=httpx.MockTransport(handler))
+    cfg = WorkerConfig(run="exp", min_pause=0.01, max_pause=0.02)
+    assert run_worker(client, cfg, log=logged.append) == 0
+    assert sum("server unreachable (ConnectError" in line and "retrying" in line for line in logged) == 2
+    assert set(seen_headers) == {"program"}
+
+
+def test_label_worker_gives_up_with_one_line_when_the_server_stays_down():
+    import httpx
+
+    from lmpref.label_worker import WorkerConfig, WorkerError, run_worker
+
+    def handler(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = httpx.Client(base_url="http://server", transport=httpx.MockTransport(handler))
+    with pytest.raises(WorkerError, match="unreachable for 0.05 s"):
+        run_worker(client, WorkerConfig(run="exp", min_pause=0.01, max_pause=0.02, retry_timeout=0.05), log=lambda _: None)
+
+
+def test_program_labels_are_not_dropped_as_too_fast_but_a_person_s_are(tmp_path):
+    """`lmpref serve` keeps --min-seconds 5 for people; the label worker's labels pass it."""
+    from fastapi.testclient import TestClient
+
+    from lmpref import store
+    from lmpref.label_worker import PROGRAM_HEADER
+    from lmpref.web import Settings, create_app
+    from web_store_fixtures import record
+
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'labels.db'}"))
+    with store.transaction(app.state.sessions) as session:
+        token = store.create_labeler(session, name="sim-1")[1]
+        store.enqueue(session, run="exp", records=[record(i) for i in range(2)])
+    for header in ({PROGRAM_HEADER: "program"}, {}):
+        client = TestClient(app, headers={"Authorization": f"Bearer {token}", **header})
+        task = client.get("/api/tasks/next", params={"run": "exp"}).json()
+        assert client.post(f"/api/tasks/{task['task_id']}/label", json={"best": 0}).status_code == 201
+    with store.transaction(app.state.sessions) as session:
+        rows = list(store.export_records(session, run="exp", fmt="bestofk"))
+        every = list(store.export_records(session, run="exp", fmt="bestofk", include_fast=True))
+    assert len(rows) == 1 and len(every) == 2  # the program's label kept, the instant "person's" dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Inverted labels and the labelers' win rate (experiment rounds), with literal numbers
+
+
+def test_a_labeler_who_picks_the_worst_is_caught_on_gold_tasks():
+    from lmpref.experiment_guards import gold_guard
+
+    reason = gold_guard([("ann", 20, 17), ("sim-1", 20, 0)], chance=0.25, min_answered=10)
+    assert "labeler sim-1 picks the known best on 0.0% of 20 gold tasks" in reason and "inverted labels?" in reason
+    assert gold_guard([("ann", 20, 17), ("sim-1", 20, 4)], 0.25, 10) is None  # at chance: noise, not inversion
+    assert gold_guard([("sim-1", 3, 0)], 0.25, 10) is None  # too few gold answers to judge
+
+
+def test_the_labelers_win_rate_falling_alone_halts():
+    from lmpref.experiment_guards import hacking_guard, win_rate_guard
+
+    rounds = [{"round": 0, "win_rate": 0.57, "n_validation": 200, "policy_score": 0.5},
+              {"round": 1, "win_rate": 0.50, "n_validation": 200, "policy_score": 0.3},
+              {"round": 2, "win_rate": 0.40, "n_validation": 200, "policy_score": 0.1}]
+    assert hacking_guard(rounds, 0.1, 10) is None  # the reward fell too: the reward-hacking guard is silent
+    reason = win_rate_guard(rounds, 10)
+    assert "fell 57.0%" in reason and "-> 40.0%" in reason and "95% CI" in reason
+    assert win_rate_guard([{**r, "n_validation": 20} for r in rounds], 10) is None  # intervals overlap: could be noise
+
+
+def test_read_only_evaluate_out_is_refused_before_the_evaluation(trained, tmp_path, capsys, monkeypatch):
+    import os
+
+    import lmpref.eval_steps
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    monkeypatch.setattr(lmpref.eval_steps, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    try:
+        assert main(["evaluate", *TINY, "--policy", str(trained), "--out", str(ro / "eval.json")]) == 2
+    finally:
+        ro.chmod(0o700)
+    assert "cannot write in" in _one_clean_line(capsys)
+
+
+def test_unwritable_evaluate_out_is_refused_before_the_evaluation(trained, tmp_path, capsys, monkeypatch):
+    """(As root, too: a folder that cannot be made because a file stands in its way.)"""
+    import lmpref.eval_steps
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(lmpref.eval_steps, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    assert main(["evaluate", *TINY, "--policy", str(trained), "--out", str(tmp_path / "file" / "eval.json")]) == 2
+    assert "cannot write in" in _one_clean_line(capsys)

@@ -135,6 +135,7 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
     from lmpref.eval_steps import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
+    from lmpref.io import check_writable
 
     out = Path(args.out)
     store_run = args.store_run or f"eval-{out.resolve().parent.name}"
@@ -151,6 +152,7 @@ def cmd_evaluate(args) -> int:
     if not args.policy:
         raise ConfigError("evaluate needs --policy (or --read-human to read people's labels back)")
     cfg = _config(args)
+    check_writable(out)  # before the whole evaluation, not after it
     step_evaluate(cfg, Path(args.policy), Path(args.reward_model) if args.reward_model else None, out, compare=_named_paths(args.compare))
     if args.enqueue:
         pairs = [tuple(p.split(",", 1)) for p in args.pair] or None
@@ -206,7 +208,7 @@ def cmd_label_worker(args) -> int:
     import httpx
 
     from lmpref.config import ConfigError
-    from lmpref.label_worker import WorkerConfig, run_worker
+    from lmpref.label_worker import WorkerConfig, WorkerError, run_worker
 
     token = args.token or os.environ.get("LMPREF_TOKEN")
     if not token:
@@ -214,7 +216,10 @@ def cmd_label_worker(args) -> int:
     cfg = WorkerConfig(run=args.run, labeler=args.labeler, temperature=args.temperature, seed=args.seed,
                        max_labels=args.max_labels, idle_timeout=args.idle_timeout)
     with httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-        run_worker(client, cfg)
+        try:
+            run_worker(client, cfg)
+        except WorkerError as e:
+            raise ConfigError(str(e)) from None
     return 0
 
 

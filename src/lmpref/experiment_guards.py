@@ -202,3 +202,40 @@ def direction_guard(rows: list[dict], window: int) -> str | None:
                 f"{scores[0]:.3f} -> {scores[-1]:.3f} while the score PPO maximises rose {seen[0]:.3f} -> {seen[-1]:.3f}: "
                 "PPO is optimising against the reward model (a sign flipped inside PPO?)")
     return None
+
+
+def gold_guard(labelers: list[tuple[str, int, int]], chance: float, min_answered: int) -> str | None:
+    """Inverted labels (a labeler who picks the worst): a reward model trained on them agrees with
+    its own held-out labels, so only a known answer shows it. `labelers` are (name, gold tasks
+    answered, answered right) from the store's quality report; a labeler with at least
+    `min_answered` gold answers whose 95% interval of gold accuracy lies below `chance` stops the run."""
+    from lmpref.evaluate import wilson_interval
+
+    for name, answered, correct in labelers:
+        if answered >= max(1, min_answered):
+            lo, hi = wilson_interval(correct, answered)
+            if hi < chance:
+                return (f"guard: labeler {name} picks the known best on {correct / answered:.1%} of {answered} gold tasks "
+                        f"(95% CI {lo:.1%}-{hi:.1%}), below chance {chance:.1%}: inverted labels? Deactivate the labeler "
+                        "(lmpref labelers) and drop their labels before resuming")
+    return None
+
+
+def win_rate_guard(rounds: list[dict], min_labels: int) -> str | None:
+    """The labelers' win rate of the policy over rho falling on its own, whatever the reward does:
+    between the first and the last round with at least `min_labels` validation labels, the two 95%
+    intervals do not overlap and the later one is lower. (A policy that gets worse for the people
+    who judge it is going the wrong way, sign flip or not.)"""
+    from lmpref.evaluate import wilson_interval
+
+    judged = [r for r in rounds if r.get("n_validation", 0) >= max(1, min_labels) and r.get("win_rate") is not None]
+    if len(judged) < 2:
+        return None
+    a, b = judged[0], judged[-1]
+    a_lo, a_hi = wilson_interval(a["win_rate"] * a["n_validation"], a["n_validation"])
+    b_lo, b_hi = wilson_interval(b["win_rate"] * b["n_validation"], b["n_validation"])
+    if b_hi < a_lo:
+        return (f"guard: the labelers' win rate of the policy over rho fell {a['win_rate']:.1%} (95% CI {a_lo:.1%}-{a_hi:.1%}, "
+                f"n={a['n_validation']}) -> {b['win_rate']:.1%} (95% CI {b_lo:.1%}-{b_hi:.1%}, n={b['n_validation']}) "
+                f"from round {a['round']} to {b['round']}: the policy is getting worse for the people judging it")
+    return None

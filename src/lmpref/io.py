@@ -109,3 +109,14 @@ def require_records(path: str | Path, records: list, what: str) -> None:
     """An input file with no records at all is an error that names it."""
     if not records:
         raise DataError(f"{path}: empty: no {what} in it (run `lmpref sample --out {path}` first, or give another file)")
+
+
+def check_writable(path: str | Path, flag: str = "--out") -> None:
+    """Fail before the work, not after it: `path`'s folder must exist or be creatable, and take a file."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lmpref-write-check-"):
+            pass
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None
