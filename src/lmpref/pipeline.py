@@ -288,7 +288,7 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
         _, reason = check_reward_model(cfg, reward_path)
         if reason:
             return {"update": 0, "stopped": reason}
-    rows = [r for _, r in read_jsonl(run_dir / "metrics.jsonl")] if resume and (run_dir / "metrics.jsonl").exists() else []
+    rows: list[dict] = []  # this run's metrics rows, for the direction guard
 
     def keep_row(row: dict) -> None:
         rows.append(row)
@@ -310,6 +310,8 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     if ckpt is None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    elif (run_dir / "metrics.jsonl").exists():
+        rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
     policy = (PolicyWithValue.load(ckpt, dtype=cfg.model.dtype) if ckpt else PolicyWithValue(load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation))).to(device)
     freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
     ref = load_reference(cfg, device)
