@@ -46,7 +46,7 @@ class Workers:
                  first: int = 0, release: Callable[[], bool] | None = None):
         self.labeler, self.max_labels, self.first, self.release = labeler, max_labels, first, release
         self.db = f"sqlite:///{tmp_path / 'labels.db'}"
-        self.app = create_app(Settings(db_url=self.db, min_seconds=0.0))
+        self.app = create_app(Settings(db_url=self.db))  # `lmpref serve`'s defaults (--min-seconds 5), as the README's quick start runs it
         with store.transaction(self.app.state.sessions) as session:
             self.tokens = [store.create_labeler(session, name=f"sim-{i}")[1] for i in range(n)]
             self.admin = store.create_labeler(session, name="boss", role="admin")[1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -47,7 +48,7 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     print(f"[lmpref] run {cfg.preset} at scale {cfg.scale}, model {cfg.model.name}, seed {cfg.seed} -> {cfg.resolved_run_dir()}")
-    return _finish(run_offline(cfg, resume=args.resume), f"results in {cfg.resolved_run_dir()}/eval.json")
+    return _finish(run_offline(cfg, resume=args.resume, allow_config_change=args.allow_config_change), f"results in {cfg.resolved_run_dir()}/eval.json")
 
 
 def cmd_sample(args) -> int:
@@ -134,6 +135,7 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
     from lmpref.eval_steps import step_enqueue_accuracy, step_enqueue_comparisons, step_evaluate, step_read_accuracy, step_read_human
+    from lmpref.io import check_writable
 
     out = Path(args.out)
     store_run = args.store_run or f"eval-{out.resolve().parent.name}"
@@ -150,6 +152,7 @@ def cmd_evaluate(args) -> int:
     if not args.policy:
         raise ConfigError("evaluate needs --policy (or --read-human to read people's labels back)")
     cfg = _config(args)
+    check_writable(out)  # before the whole evaluation, not after it
     step_evaluate(cfg, Path(args.policy), Path(args.reward_model) if args.reward_model else None, out, compare=_named_paths(args.compare))
     if args.enqueue:
         pairs = [tuple(p.split(",", 1)) for p in args.pair] or None
@@ -205,7 +208,7 @@ def cmd_label_worker(args) -> int:
     import httpx
 
     from lmpref.config import ConfigError
-    from lmpref.label_worker import WorkerConfig, run_worker
+    from lmpref.label_worker import WorkerConfig, WorkerError, run_worker
 
     token = args.token or os.environ.get("LMPREF_TOKEN")
     if not token:
@@ -213,7 +216,10 @@ def cmd_label_worker(args) -> int:
     cfg = WorkerConfig(run=args.run, labeler=args.labeler, temperature=args.temperature, seed=args.seed,
                        max_labels=args.max_labels, idle_timeout=args.idle_timeout)
     with httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-        run_worker(client, cfg)
+        try:
+            run_worker(client, cfg)
+        except WorkerError as e:
+            raise ConfigError(str(e)) from None
     return 0
 
 
@@ -224,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: sample, label, train the reward model, PPO, evaluate")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last finished step / checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the config differs from the run's in keys that change results")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("experiment", help="offline / online / batched label collection through the label store, resumable, obeying the Andon cord")
@@ -346,6 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (ConfigError, DataError, ModelLoadError, StoreError, FileExistsError) as e:
         print(f"lmpref: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = " (finished steps and checkpoints are kept: run the same command with --resume to continue)" if hasattr(args, "resume") else ""
+        print(f"lmpref: interrupted{resume}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        print(f"lmpref: error: {e.strerror} writing {e.filename or 'a file'}: free space or choose a writable --out / --run-dir; "
+              "files are written whole (atomic renames), so --resume continues from the last finished step", file=sys.stderr)
         return 2
 
 

@@ -158,6 +158,8 @@ class PPOConfig:
     """Gradient-norm clip; 0 = off (the original has none)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every N updates (and at the end)."""
+    direction_window: int = 3
+    """Direction guard: stop when over this many updates the reward model's score of the policy's samples falls while the score PPO maximises rises (a sign flipped inside PPO); 0 turns it off."""
     mixed_precision: str = "no"
     """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
     shared_trunk: bool = True
@@ -256,6 +258,9 @@ class RunConfig:
     def check(self) -> None:
         """Check derived sizes once so a bad combination fails before any model loads."""
         p = self.ppo
+        for name in ("batch_size", "minibatches", "total_episodes", "epochs", "checkpoint_every"):
+            if getattr(p, name) < 1:
+                raise ConfigError(f"ppo.{name}={getattr(p, name)} must be at least 1 (set it with --set ppo.{name}=N)")
         if p.batch_size % p.minibatches:
             raise ConfigError(f"ppo.batch_size={p.batch_size} must be divisible by ppo.minibatches={p.minibatches}")
         mb = p.batch_size // p.minibatches
@@ -402,3 +407,33 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     from lmpref.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
+
+
+# Fields that change how a run is computed or stored, never what it computes: a resume may change them.
+RESUME_FREE = {"run_dir", "model.cache_dir", "model.attn_implementation", "ppo.checkpoint_every", "ppo.micro_batch_size",
+               "ppo.fast_sampling", "ppo.compile", "ppo.fused_adam", "sample.batch_size", "experiment.poll_seconds"}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(cfg: RunConfig, path: Path, allow: bool = False) -> None:
+    """`--resume` continues the run saved in `path` (its config.json): a config that differs in
+    anything that changes results would label, train or evaluate a different run on top of this
+    one's files. Raise naming the keys, unless `allow` (--allow-config-change)."""
+    if not path.exists():
+        return
+    try:
+        saved = _flat(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not a readable config; restore it or start a new --run-dir") from None
+    now = _flat(cfg.to_dict())
+    changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_FREE and saved.get(k) != now.get(k))
+    if changed and not allow:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8]) + (" ..." if len(changed) > 8 else "")
+        raise ConfigError(f"--resume with a config that differs from the run's {path} in {shown}; "
+                          "resume with the run's own settings, choose a new --run-dir, or pass --allow-config-change")

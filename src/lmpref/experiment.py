@@ -48,7 +48,9 @@ from lmpref import store
 from lmpref.config import ConfigError, RunConfig, save_config
 from lmpref.experiment_guards import (
     batch_round,
+    direction_guard,
     enqueue_interval,
+    gold_guard,
     hacking_guard,
     heldout_accuracy,
     kl_guard,
@@ -58,8 +60,9 @@ from lmpref.experiment_guards import (
     reward_guard,
     segment_ends,
     validation_win_rate,
+    win_rate_guard,
 )
-from lmpref.io import atomic_write_text, read_jsonl, write_jsonl
+from lmpref.io import DataError, atomic_write_text, read_jsonl, write_jsonl
 from lmpref.store.experiment import publish_status
 
 SEGMENT_END = "end of this round's PPO segment"
@@ -286,6 +289,11 @@ def train_reward_round(ex: Experiment, r: int, guards: bool = True) -> str | Non
     if not (out / "config.json").exists():
         with store.transaction(ex.sessions) as session:
             rows = list(store.export_records(session, run=ex.run, fmt="bestofk"))
+            fast = sum(1 for _ in store.export_records(session, run=ex.run, fmt="bestofk", include_fast=True)) - len(rows)
+        if fast and not any(not row.get("tie") for row in rows):
+            raise DataError(f"run {ex.run!r}: no usable labels: all {fast} labels were dropped as too fast (given in under "
+                            "`lmpref serve --min-seconds`, default 5 s, and so distrusted as a person's); a program should label "
+                            "through `lmpref label-worker`, whose labels are not timed, or serve with --min-seconds 0")
         rec["labels"] = write_jsonl(labels_path, rows)
         for k, k_rec in enumerate(ex.state["rounds"][: r + 1]):  # online: earlier rounds' labels may have come in since
             win, n_val = validation_win_rate([x for x in rows if batch_round(x["batch"]) == k])
@@ -306,7 +314,11 @@ def train_reward_round(ex: Experiment, r: int, guards: bool = True) -> str | Non
     e = cfg.experiment
     if not guards:
         return None
-    return reward_guard(acc, chance, n, e.reward_guard_margin) or hacking_guard(ex.state["rounds"][: r + 1], e.hacking_win_drop, e.min_validation_labels)
+    with store.transaction(ex.sessions) as session:
+        gold = [(q.name, q.gold_answered, q.gold_correct) for q in store.quality_report(session, run=ex.run).labelers]
+    rounds = ex.state["rounds"][: r + 1]
+    return (gold_guard(gold, 1 / cfg.sample.k, e.min_validation_labels) or reward_guard(acc, chance, n, e.reward_guard_margin)
+            or hacking_guard(rounds, e.hacking_win_drop, e.min_validation_labels) or win_rate_guard(rounds, e.min_validation_labels))
 
 
 def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
@@ -336,6 +348,8 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
             last = _metrics_rows(ex.run_dir)[-1]
             if reason := kl_guard(last["objective/kl"], ex.cfg.ppo.kl_target, ex.cfg.experiment.kl_guard_factor):
                 return ex.pull(reason)
+            if reason := direction_guard(_metrics_rows(ex.run_dir), ex.cfg.ppo.direction_window):
+                return ex.pull(reason)
         if reason := ex.andon():
             return reason
         if calls > 1 and update in plan:  # labelers get this policy's samples while PPO goes on
@@ -346,7 +360,7 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
         _kill_point("update", row["step"])  # mid-update: its metrics row is written, its checkpoint is not
 
     state = step_train_policy(ex.cfg, ex.run_dir / "reward_models" / f"round-{r:03d}", ex.run_dir, resume=True,
-                              should_stop=should_stop, after_log=after_log)
+                              should_stop=should_stop, after_log=after_log, check_reward=False)
     stopped = state.get("stopped")
     return None if stopped in (None, SEGMENT_END) else stopped
 

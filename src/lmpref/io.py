@@ -58,8 +58,13 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -76,11 +81,42 @@ def read_json_or_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    head = path.read_text(encoding="utf-8")[:1].strip() if path.stat().st_size else ""
-    if head == "[":
+    head = path.read_bytes()[:64].lstrip()[:1] if path.stat().st_size else b""
+    if head == b"[":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (at byte {e.start}); save the file as UTF-8") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        for i, r in enumerate(data):
+            if not isinstance(r, dict):
+                raise DataError(f"{path}: item {i + 1} of the list is a {type(r).__name__}, not a label object "
+                                "({query, responses, best} or OpenAI's {query, sample0..3, best}); write one object per item")
         return [(i + 1, r) for i, r in enumerate(data)]
     return list(read_jsonl(path))
+
+
+def require_keys(path: str | Path, lineno: int, rec: dict[str, Any], keys: Iterable[str], what: str) -> None:
+    """A record missing a key the step needs is a DataError naming the file, line and keys."""
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise DataError(f"{path}:{lineno}: {what} record lacks {', '.join(repr(k) for k in missing)}; "
+                        f"is this the file `lmpref sample --out` wrote?")
+
+
+def require_records(path: str | Path, records: list, what: str) -> None:
+    """An input file with no records at all is an error that names it."""
+    if not records:
+        raise DataError(f"{path}: empty: no {what} in it (run `lmpref sample --out {path}` first, or give another file)")
+
+
+def check_writable(path: str | Path, flag: str = "--out") -> None:
+    """Fail before the work, not after it: `path`'s folder must exist or be creatable, and take a file."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lmpref-write-check-"):
+            pass
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None

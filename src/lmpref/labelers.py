@@ -84,7 +84,9 @@ def register(name: str, factory: Callable[[], Labeler]) -> None:
 
 def make_labeler(name: str) -> Labeler:
     if name not in LABELERS:
-        raise ValueError(f"unknown labeler {name!r}; available: {', '.join(sorted(LABELERS))}")
+        from lmpref.config import ConfigError
+
+        raise ConfigError(f"unknown labeler {name!r}; choose one of: {', '.join(sorted(LABELERS))} (--labeler NAME)")
     return LABELERS[name]()
 
 

@@ -103,6 +103,9 @@ def resolve_model(name: str, cache_dir: str = "") -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model path {name!r} does not exist")
+    if Path(name).parent.name and Path(name).parent.is_dir():  # `runs/policy` with runs/ here: a missing local folder, not a Hub id
+        raise ModelLoadError(f"model path {name!r} does not exist ({Path(name).parent}/ is a local folder, so this is not sent to the Hub); "
+                             f"check the folder name (ls {Path(name).parent})")
     return name  # a Hub id; loading reports whether it can be reached
 
 
@@ -403,6 +406,15 @@ class RewardModel(nn.Module):
 
         if not (Path(path) / "config.json").exists():
             raise ModelLoadError(f"{path} holds no saved reward model (no config.json); train one with `lmpref train-reward`")
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        if "model_type" not in config:
+            raise ModelLoadError(f"{path}/config.json has no model_type: not a saved model; give the folder `lmpref train-reward --out` wrote")
+        if "lmpref_reward_gain" not in config:
+            what = "a policy (it has value_head.safetensors)" if (Path(path) / "value_head.safetensors").exists() else f"a {config.get('architectures', ['model'])[0]}"
+            raise ModelLoadError(f"{path} is {what}, not a reward model (no lmpref_reward_gain in its config.json); "
+                                 "give the folder `lmpref train-reward --out` wrote")
+        if not any(Path(path).glob("*.safetensors")) and not any(Path(path).glob("*.bin")):
+            raise ModelLoadError(f"{path} has a config.json but no weights (*.safetensors); the save was cut short: train the reward model again")
         return cls(AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype]))
 
     def features(self, input_ids, attention_mask, last_index, query_length: int | None = None, *, hidden=None, depth: int = 0) -> torch.Tensor:
@@ -436,7 +448,9 @@ class RewardModel(nn.Module):
         self.gain.fill_(gain)
         self.bias.fill_(bias)
 
-    def save(self, path: str | Path, extra: dict | None = None) -> None:
+    def save(self, path: str | Path, extra: dict | None = None, tokenizer=None) -> None:
+        """Write the folder whole (weights, config, `extra` as lmpref_reward.json, the tokenizer)
+        under a temporary name, then rename: a kill leaves either the old folder or the new one."""
         self.clf.config.lmpref_reward_gain = float(self.gain)
         self.clf.config.lmpref_pooling = self.pooling
         self.clf.config.lmpref_template_ids = self.template.tolist()
@@ -447,5 +461,7 @@ class RewardModel(nn.Module):
         self.clf.save_pretrained(tmp)
         if extra:
             (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)

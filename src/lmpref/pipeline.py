@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from lmpref.accel import check_supported, full_model_state, full_optimizer_state, load_optimizer_state
-from lmpref.config import ConfigError, RunConfig, save_config
+from lmpref.config import ConfigError, RunConfig, check_resume, save_config
 from lmpref.eval_steps import step_evaluate
-from lmpref.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
+from lmpref.experiment_guards import direction_guard, fingerprint, saved_reward_guard
+from lmpref.io import append_jsonl, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.models import PolicyWithValue, RewardModel, freeze_lower_layers, load_causal_lm, load_tokenizer
 from lmpref.runtime import load_reference, setup
 
@@ -74,8 +75,12 @@ def step_sample(cfg: RunConfig, out: Path, *, policy_path: str | None = None, n:
 def step_label(samples: Path, out: Path, *, labeler: str, temperature: float, seed: int) -> list[dict]:
     from lmpref.labelers import label_records, make_labeler
 
-    records = [r for _, r in read_jsonl(samples)]
-    labels = label_records(records, make_labeler(labeler), temperature=temperature, seed=seed)
+    chosen = make_labeler(labeler)
+    rows = list(read_jsonl(samples))
+    require_records(samples, rows, "samples")
+    for lineno, rec in rows:
+        require_keys(samples, lineno, rec, ("id", "query", "responses"), "sampling")
+    labels = label_records([r for _, r in rows], chosen, temperature=temperature, seed=seed)
     write_jsonl(out, labels)
     return labels
 
@@ -111,14 +116,26 @@ def step_train_reward(cfg: RunConfig, labels_path: Path, samples_path: Path, out
     trunk = cfg.model.reward_model or cfg.model.name
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
     labels = read_labels(labels_path, tok)
-    norm_pairs = norm_pairs_from_records([r for _, r in read_jsonl(samples_path)], cfg.reward.norm_samples, cfg.seed)
+    rows = list(read_jsonl(samples_path))
+    require_records(samples_path, rows, "samples")
+    for lineno, rec in rows:
+        require_keys(samples_path, lineno, rec, ("query_ids", "response_ids"), "sampling")
+    norm_pairs = norm_pairs_from_records([r for _, r in rows], cfg.reward.norm_samples, cfg.seed)
     rm = new_reward_model(cfg, trunk, tok, device)
-    log = MetricsLog(log_path) if log_path else None
-    metrics = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=log)
-    metrics.update({"labels": str(labels_path), "trunk": trunk})
-    rm.save(out, extra=metrics)
-    tok.save_pretrained(out)
+    metrics = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=_fresh_log(log_path))
+    metrics.update({"labels": str(labels_path), "trunk": trunk, "seed": cfg.seed, "holdout_fraction": cfg.reward.holdout_fraction,
+                    "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id)})
+    rm.save(out, extra=metrics, tokenizer=tok)
     return metrics
+
+
+def _fresh_log(log_path: Path | None) -> "MetricsLog | None":
+    """A step's metrics log, emptied first: a step redone after a crash (`run --resume`) logs its
+    steps once, not [1, 2, 1, 2]."""
+    if log_path is None:
+        return None
+    log_path.unlink(missing_ok=True)
+    return MetricsLog(log_path)
 
 
 def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
@@ -137,8 +154,7 @@ def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
     heldout = pairs["eval"][: cfg.sft.eval_pairs]
     policy = PolicyWithValue(load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype)).to(device)
     freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
-    log = MetricsLog(log_path) if log_path else None
-    metrics = train_sft(policy, pairs["train"], heldout, cfg.sft, pad_id=tok.pad_token_id, query_length=cfg.task.query_length, seed=cfg.seed, log=log)
+    metrics = train_sft(policy, pairs["train"], heldout, cfg.sft, pad_id=tok.pad_token_id, query_length=cfg.task.query_length, seed=cfg.seed, log=_fresh_log(log_path))
     metrics["start"] = cfg.model.name
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -177,13 +193,12 @@ def step_train_reward_human(cfg: RunConfig, out: Path, comparisons: Path | None 
     norm_pairs = [(label.query_ids, r) for label in labels for r in label.response_ids]
     random.Random(f"norm-{cfg.seed}").shuffle(norm_pairs)
     rm = new_reward_model(cfg, trunk, tok, device)
-    log = MetricsLog(log_path) if log_path else None
-    metrics = train_reward(rm, labels, norm_pairs[: cfg.reward.norm_samples], cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=log)
+    metrics = train_reward(rm, labels, norm_pairs[: cfg.reward.norm_samples], cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=_fresh_log(log_path))
     hits = round(metrics["accuracy_after"] * metrics["n_heldout"])
     metrics.update({"accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])), "n_labels": len(records), **posts,
-                    "labels": str(labels_path), "trunk": trunk, "query_length": cfg.task.query_length})
-    rm.save(out, extra=metrics)
-    tok.save_pretrained(out)
+                    "labels": str(labels_path), "trunk": trunk, "query_length": cfg.task.query_length, "seed": cfg.seed,
+                    "holdout_fraction": cfg.reward.holdout_fraction, "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id)})
+    rm.save(out, extra=metrics, tokenizer=tok)
     return metrics
 
 
@@ -248,14 +263,40 @@ def _check_world(accelerator) -> None:
                           "train-policy ...`; `accelerate launch --cpu` starts one process unless MPI is set up); on GPUs use `accelerate launch`")
 
 
-def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None, after_log=None) -> dict:
+def check_reward_model(cfg: RunConfig, reward_path: Path) -> tuple[dict, str | None]:
+    """The one pre-PPO check of a saved reward model (`lmpref.experiment_guards.saved_reward_guard`)
+    with this config's margin, hold-out fraction and seed."""
+    return saved_reward_guard(reward_path, cfg.experiment.reward_guard_margin, cfg.reward.holdout_fraction, cfg.seed)
+
+
+def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None, after_log=None,
+                      check_reward: bool = True) -> dict:
     """PPO into run_dir (checkpoints/, metrics.jsonl, policy/). `should_stop()` is read between
     updates; `after_log(row)` is called with each update's metrics row once it is logged and before
-    that update's checkpoint is written (the experiment loop's test-only kill point lives there)."""
+    that update's checkpoint is written (the experiment loop's test-only kill point lives there).
+
+    Guards: before PPO, the reward model as saved (`check_reward_model`; the experiment loop has
+    already run it on the round's model and passes check_reward=False); between updates, the
+    direction guard on the metrics rows (`direction_guard`: the reward model's score of the policy's
+    samples falling while the score PPO maximises rises). Either stops the run with the reason."""
     from accelerate import Accelerator
 
     from lmpref.ppo import make_optimizer, train_policy
     from lmpref.tasks import make_query_source
+
+    if check_reward:
+        _, reason = check_reward_model(cfg, reward_path)
+        if reason:
+            return {"update": 0, "stopped": reason}
+    rows: list[dict] = []  # this run's metrics rows, for the direction guard
+
+    def keep_row(row: dict) -> None:
+        rows.append(row)
+        if after_log:
+            after_log(row)
+
+    def stop_or_guard() -> str | None:
+        return (should_stop() if should_stop else None) or direction_guard(rows, cfg.ppo.direction_window)
 
     setup(cfg)
     # One process: a no-op wrapper. Under `accelerate launch`: DDP (or DeepSpeed / FSDP) from its config.
@@ -269,6 +310,8 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     if ckpt is None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    elif (run_dir / "metrics.jsonl").exists():
+        rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
     policy = (PolicyWithValue.load(ckpt, dtype=cfg.model.dtype) if ckpt else PolicyWithValue(load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation))).to(device)
     freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
     ref = load_reference(cfg, device)
@@ -286,9 +329,9 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     state = train_policy(
         policy, ref, rm, tok, lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"), cfg.ppo, cfg.task,
         seed=cfg.seed, device=device, state=state, optimizer=optimizer,
-        log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), after_log) if accelerator.is_main_process else None,
+        log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row) if accelerator.is_main_process else None,
         checkpoint=_checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
-        should_stop=should_stop, forward_batch=cfg.sample.batch_size, accelerator=accelerator,
+        should_stop=stop_or_guard, forward_batch=cfg.sample.batch_size, accelerator=accelerator,
     )
     weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
     if weights is not None and accelerator.is_main_process:
@@ -301,9 +344,12 @@ def step_train_policy(cfg: RunConfig, reward_path: Path, run_dir: Path, *, resum
     return state
 
 
-def run_offline(cfg: RunConfig, *, resume: bool = False) -> dict:
-    """The main job: sample from ρ, label, train the reward model, PPO, evaluate."""
+def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
+    """The main job: sample from ρ, label, train the reward model, PPO, evaluate. A resume must
+    keep the run's config (`check_resume`), or its files would mix two runs."""
     run_dir = cfg.resolved_run_dir()
+    if resume:
+        check_resume(cfg, run_dir / "config.json", allow_config_change)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or choose --run-dir")
@@ -318,11 +364,15 @@ def run_offline(cfg: RunConfig, *, resume: bool = False) -> dict:
         print(f"      {n} labels")
     if not (rm_dir / "config.json").exists():
         print("[3/5] training the reward model")
-        m = step_train_reward(cfg, labels, samples, rm_dir, run_dir / "reward_metrics.jsonl")
-        print(f"      held-out accuracy {m['accuracy_before']:.1%} -> {m['accuracy_after']:.1%} (chance {m['chance']:.1%}, n={m['n_heldout']})")
+        step_train_reward(cfg, labels, samples, rm_dir, run_dir / "reward_metrics.jsonl")
+    seen, reason = check_reward_model(cfg, rm_dir)  # measure what PPO will load: the saved model, reloaded
+    if "accuracy" in seen:
+        print(f"      held-out accuracy of the saved reward model {seen['accuracy']:.1%} (chance {seen['chance']:.1%}, n={seen['n_heldout']})")
+    if reason:
+        return {"stopped": reason}
     if not (run_dir / "policy" / "config.json").exists():
         print("[4/5] PPO")
-        state = step_train_policy(cfg, rm_dir, run_dir, resume=True)
+        state = step_train_policy(cfg, rm_dir, run_dir, resume=True, check_reward=False)
         if state.get("stopped"):
             return {"stopped": state["stopped"]}
     print("[5/5] evaluating on held-out queries")

@@ -206,6 +206,9 @@ def ppo_update(policy, optimizer, ro: Rollout, kl_coef: float, cfg: PPOConfig, t
     `accelerator` the gradients are all-reduced once per minibatch (DDP) and β's KL is averaged
     over processes; the whitening stays per process, as in lm-human-preferences."""
     rewards, kl = kl_shaped_rewards(ro.logprobs, ro.ref_logprobs, ro.scores, kl_coef)  # (B, R)
+    # The score PPO is fed, read back from the shaped rewards: it must equal the reward model's
+    # (objective/scores); where the two move apart a sign is flipped in between (direction_guard).
+    scores_seen = (rewards.sum(1) + kl_coef * kl.sum(1)).mean()
     if cfg.whiten_rewards:
         rewards = whiten(rewards, shift_mean=False)
     advantages, returns = gae(rewards, ro.values, cfg.gamma, cfg.lam)
@@ -245,6 +248,7 @@ def ppo_update(policy, optimizer, ro: Rollout, kl_coef: float, cfg: PPOConfig, t
         "objective/kl": mean_across(kl.sum(1).mean(), accelerator).item(),
         "objective/scores": mean_across(ro.scores.mean(), accelerator).item(),
         "objective/score_total": (ro.scores - kl_coef * kl.sum(1)).mean().item(),
+        "ppo/scores_seen": mean_across(scores_seen, accelerator).item(),
         "objective/valid_fraction": ro.valid.float().mean().item(),
         "ppo/returns/mean": returns.mean().item(),
         "ppo/val/error": ((ro.values - returns) ** 2).mean().item(),

@@ -51,8 +51,9 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
     `doc_id`), from OpenAI's released files ({query: ids, sample0..sample3: ids, best}; GPT-2
     token ids) or from pairwise files ({prompt, chosen, rejected}: K = 2, best = 0). Ties are skipped: the loss has nothing to learn from "all equally good"."""
     vocab = len(tokenizer)
-    labels = []
+    labels, rows, ties = [], 0, 0
     for lineno, rec in read_json_or_jsonl(path):
+        rows += 1
         where = f"{path}:{lineno}"
         if "sample0" in rec:  # OpenAI's schema
             keys = sorted((k for k in rec if k.startswith("sample") and k[6:].isdigit()), key=lambda k: int(k[6:]))
@@ -69,6 +70,7 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
             query = _ids(tokenizer, rec, "query_ids", "query", where)
             responses = _ids(tokenizer, rec, "response_ids", "responses", where)
         if rec.get("tie"):
+            ties += 1
             continue
         best = rec.get("best")
         if not isinstance(query, list) or not all(isinstance(t, int) for t in query):
@@ -85,7 +87,9 @@ def read_labels(path: str | Path, tokenizer) -> list[Label]:
             raise DataError(f"{where}: 'doc_id' must be a string, got {doc_id!r}")
         labels.append(Label(query, responses, best, None if doc_id is None else str(doc_id)))
     if not labels:
-        raise DataError(f"{path}: no usable labels (empty file, or only ties)")
+        why = "the file is empty" if not rows else f"all {rows} rows are ties, which the loss skips"
+        raise DataError(f"{path}: no usable labels: {why}; a label store export also leaves out too-fast labels "
+                        "(`lmpref serve --min-seconds`) and gold tasks")
     return labels
 
 

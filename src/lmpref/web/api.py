@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 
 from lmpref import store
+from lmpref.label_worker import PROGRAM_HEADER
 from lmpref.store import Label
 from lmpref.web.schemas import (
     NO_NUL,
@@ -73,9 +74,12 @@ def next_task(
 
 @router.post("/tasks/{task_id}/label", response_model=LabelPublic, status_code=201, tags=["labeling"], responses=ERRORS)
 def label_task(task_id: Id, body: LabelCreate, labeler: ApiLabeler, session: SessionDep, request: Request) -> LabelPublic:
-    """Answer a task you were served; positions are those of `GET /api/tasks/next`."""
+    """Answer a task you were served; positions are those of `GET /api/tasks/next`. A program
+    (`lmpref label-worker`, header `X-Lmpref-Labeler: program`) is not held to `--min-seconds`: that
+    timer tells a person who clicked without reading, and a program labels in milliseconds."""
+    program = request.headers.get(PROGRAM_HEADER, "").lower() == "program"
     label = store.save_label(
-        session, labeler=labeler, task_id=task_id, min_seconds=request.app.state.settings.min_seconds, **body.model_dump()
+        session, labeler=labeler, task_id=task_id, min_seconds=0.0 if program else request.app.state.settings.min_seconds, **body.model_dump()
     )
     session.flush()
     return label_public(label)
