@@ -129,7 +129,7 @@ def heldout_accuracy(rm_dir: Path, labels_path: Path, holdout_fraction: float, s
         return float("nan"), float("nan"), 0
     rm = RewardModel.load(rm_dir).eval()
     chance = sum(1 / len(label.response_ids) for label in heldout) / len(heldout)
-    return accuracy(rm, heldout, tok.pad_token_id), chance, len(heldout)
+    return accuracy(rm, heldout, tok.pad_token_id, desc="saved reward model, held-out labels"), chance, len(heldout)
 
 
 def fingerprint(rm, pairs, pad_id: int) -> dict:

@@ -200,13 +200,15 @@ class FeatureCache:
             return set_normalization(self.rm, self.rm.head(self.features[self.norm_rows]))
 
 
-def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8, *, cache: FeatureCache | None = None) -> float:
-    """Share of labels where the reward model ranks the labeled-best response first."""
+def accuracy(rm, labels: list[Label], pad_id: int, batch_size: int = 8, *, cache: FeatureCache | None = None,
+             desc: str | None = None) -> float:
+    """Share of labels where the reward model ranks the labeled-best response first (a progress bar
+    named `desc` when given)."""
     if not labels:
         return float("nan")
     hits = 0
     with torch.no_grad():
-        for s in range(0, len(labels), batch_size):
+        for s in tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", disable=desc is None):
             chunk = labels[s : s + batch_size]
             rewards, present = cache.label_rewards(chunk) if cache else label_rewards(rm, chunk, pad_id)
             pred = rewards.masked_fill(~present, float("-inf")).argmax(-1).cpu()
