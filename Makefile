@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup sysdeps run test test-fast clean
+.PHONY: setup sysdeps run lint test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,14 @@ sysdeps:
 run: setup
 	$(BIN)/lmpref run --preset sentiment --scale small --resume
 
-test: setup sysdeps
+# Lint and format (ruff), the layers (import-linter, contracts in pyproject.toml), types (mypy).
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: setup sysdeps lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

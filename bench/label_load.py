@@ -123,10 +123,17 @@ def main() -> None:
         server.wait(10)
     both = lat["next"] + lat["label"]
     backend = db.split(":", 1)[0]
-    print(f"store={backend} labelers={args.labelers} tasks={args.tasks} redundancy={args.redundancy} cpus={os.cpu_count()}")
-    print(f"labels: {labels} in {elapsed:.1f}s = {labels / elapsed:.1f} labels/s ({len(both) / elapsed:.1f} requests/s)")
+    print(
+        f"store={backend} labelers={args.labelers} tasks={args.tasks} redundancy={args.redundancy} "
+        f"cpus={os.cpu_count()}"
+    )
+    print(
+        f"labels: {labels} in {elapsed:.1f}s = {labels / elapsed:.1f} labels/s ({len(both) / elapsed:.1f} requests/s)"
+    )
     for name, xs in (("next", lat["next"]), ("label", lat["label"]), ("all", both)):
-        print(f"latency {name:5s}: p50 {pct(xs, 0.5):7.1f} ms  p99 {pct(xs, 0.99):7.1f} ms  max {max(xs) * 1000:7.1f} ms")
+        print(
+            f"latency {name:5s}: p50 {pct(xs, 0.5):7.1f} ms  p99 {pct(xs, 0.99):7.1f} ms  max {max(xs) * 1000:7.1f} ms"
+        )
 
 
 if __name__ == "__main__":

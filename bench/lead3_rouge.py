@@ -9,8 +9,8 @@ Default data: the 250 shipped CNN/DM test articles (FRANK). Prints F1 x 100.
 import argparse
 import time
 
-from lmpref.metrics import lead3_summaries, mean_rouge
-from lmpref.summarization import load_cnndm
+from lmpref.eval.metrics import lead3_summaries, mean_rouge
+from lmpref.tasks.summarization import load_cnndm
 
 
 def main() -> None:

@@ -32,15 +32,19 @@ from pathlib import Path
 
 import torch
 
-from lmpref.accel import enabled
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, RewardModel, load_tokenizer, resolve_model
-from lmpref.ppo import train_policy
-from lmpref.tasks import Query
+from lmpref.core.accel import enabled
+from lmpref.core.loading import load_tokenizer, resolve_model
+from lmpref.core.models import PolicyWithValue
+from lmpref.core.ppo import train_policy
+from lmpref.core.reward import RewardModel
+from lmpref.records import TaskQuery
 
-SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2),
-         "124M": dict(n_layer=12, n_embd=768, n_head=12),
-         "774M": dict(n_layer=36, n_embd=1280, n_head=20)}
+SIZES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2),
+    "124M": dict(n_layer=12, n_embd=768, n_head=12),
+    "774M": dict(n_layer=36, n_embd=1280, n_head=20),
+}
 PEER_MICRO = {"124M": (64, 128), "774M": (16, 64)}  # the peer's micro-batch / rollout forward batch (its README)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 Q, R = 64, 24
@@ -67,15 +71,31 @@ def run_lmpref(size: str, args, device) -> dict:
     tok = load_tokenizer("tiny-gpt2")  # the real GPT-2 BPE (only the model is tiny)
     policy, ref, rm, n_params = build(size, device)
     gpu = device.type == "cuda"
-    cfg = make_config("test", "tiny", {
-        "ppo.batch_size": args.batch, "ppo.minibatches": 1, "ppo.epochs": 4, "ppo.total_episodes": args.batch * (args.updates + 1),
-        "ppo.lr": 1e-5, "ppo.kl_coef": 0.15, "ppo.micro_batch_size": args.micro, "ppo.mixed_precision": "bf16" if gpu else "no",
-        "ppo.compile": args.compile, "ppo.fast_sampling": args.fast_sampling, "ppo.checkpoint_every": 10**9,
-        "task.query_length": Q, "task.response_length": R, "task.temperature": 0.7, "task.truncate_token": "", "task.truncate_after": 0,
-    })
+    cfg = make_config(
+        "test",
+        "tiny",
+        {
+            "ppo.batch_size": args.batch,
+            "ppo.minibatches": 1,
+            "ppo.epochs": 4,
+            "ppo.total_episodes": args.batch * (args.updates + 1),
+            "ppo.lr": 1e-5,
+            "ppo.kl_coef": 0.15,
+            "ppo.micro_batch_size": args.micro,
+            "ppo.mixed_precision": "bf16" if gpu else "no",
+            "ppo.compile": args.compile,
+            "ppo.fast_sampling": args.fast_sampling,
+            "ppo.checkpoint_every": 10**9,
+            "task.query_length": Q,
+            "task.response_length": R,
+            "task.temperature": 0.7,
+            "task.truncate_token": "",
+            "task.truncate_after": 0,
+        },
+    )
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 50000, (args.batch * (args.updates + 1), Q), generator=g).tolist()
-    queries = [Query(id=str(i), text="", ids=x) for i, x in enumerate(ids)]
+    queries = [TaskQuery(id=str(i), text="", ids=x) for i, x in enumerate(ids)]
     stamps, stats = [], []
 
     def log(s):
@@ -84,18 +104,39 @@ def run_lmpref(size: str, args, device) -> dict:
 
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    train_policy(policy, ref, rm, tok, lambda u, k: queries[(u - 1) * k : u * k], cfg.ppo, cfg.task, seed=0, device=device,
-                 log=log, forward_batch=args.forward_batch or args.batch)
+    train_policy(
+        policy,
+        ref,
+        rm,
+        tok,
+        lambda u, k: queries[(u - 1) * k : u * k],
+        cfg.ppo,
+        cfg.task,
+        seed=0,
+        device=device,
+        log=log,
+        forward_batch=args.forward_batch or args.batch,
+    )
     timed = stats[1:] or stats
-    eps = args.batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else args.batch / sum(stats[0][k] for k in ("time/rollout", "time/train"))
+    eps = (
+        args.batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        if len(stamps) > 1
+        else args.batch / sum(stats[0][k] for k in ("time/rollout", "time/train"))
+    )
     phase = {k: sum(s[f"time/{k}"] for s in timed) / len(timed) for k in ("generation", "logprobs", "reward", "train")}
     fwd_passes = 3 + (0 if enabled(cfg.ppo.fast_sampling, device) else 1)  # generation, ref, reward (+ policy scoring)
     flops = n_params * (Q + R) * (2 * fwd_passes + 6 * cfg.ppo.epochs)  # per episode
     peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in torch.cuda.get_device_name()), None)
-    return {"system": "lmpref", "size": size, "episodes_per_s": eps, **phase,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan"),
-            "mfu": eps * flops / peak if peak else float("nan"), "micro_batch": stats[-1]["ppo/micro_batch"] or args.batch,
-            "non_embedding_params": n_params}
+    return {
+        "system": "lmpref",
+        "size": size,
+        "episodes_per_s": eps,
+        **phase,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan"),
+        "mfu": eps * flops / peak if peak else float("nan"),
+        "micro_batch": stats[-1]["ppo/micro_batch"] or args.batch,
+        "non_embedding_params": n_params,
+    }
 
 
 def run_trl(size: str, args) -> dict | None:
@@ -114,23 +155,39 @@ def run_trl(size: str, args) -> dict | None:
         print(f"TRL peer failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
         return None
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"system": "trl-1.9.2", "size": size, "episodes_per_s": res["episodes_per_s"], "peak_mem_gib": res["peak_mem_gib"],
-            "micro_batch": micro}
+    return {
+        "system": "trl-1.9.2",
+        "size": size,
+        "episodes_per_s": res["episodes_per_s"],
+        "peak_mem_gib": res["peak_mem_gib"],
+        "micro_batch": micro,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tiny", action="store_true", help="a 2-block width-64 GPT-2, batch 8, 1 + 1 updates: a harness check")
+    ap.add_argument(
+        "--tiny", action="store_true", help="a 2-block width-64 GPT-2, batch 8, 1 + 1 updates: a harness check"
+    )
     ap.add_argument("--sizes", default="124M,774M")
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--updates", type=int, default=4, help="timed updates per system, after one untimed warm-up update (the peer's convention)")
+    ap.add_argument(
+        "--updates",
+        type=int,
+        default=4,
+        help="timed updates per system, after one untimed warm-up update (the peer's convention)",
+    )
     ap.add_argument("--micro", type=int, default=-1, help="lmpref micro-batch; -1 = the largest that fits in memory")
-    ap.add_argument("--forward-batch", type=int, default=0, help="lmpref rollout batch per forward; 0 = the whole batch")
+    ap.add_argument(
+        "--forward-batch", type=int, default=0, help="lmpref rollout batch per forward; 0 = the whole batch"
+    )
     ap.add_argument("--compile", default="auto", help="on | off | auto: CUDA graphs for the decode step")
     ap.add_argument("--fast-sampling", default="auto", help="on | off | auto")
     ap.add_argument("--no-trl", action="store_true", help="lmpref only")
-    ap.add_argument("--trl-only", action="store_true", help="the TRL peer only (e.g. its long 774M run in a call of its own)")
+    ap.add_argument(
+        "--trl-only", action="store_true", help="the TRL peer only (e.g. its long 774M run in a call of its own)"
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
@@ -139,8 +196,11 @@ def main() -> None:
     import transformers
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# {name} | torch {torch.__version__} | transformers {transformers.__version__} | batch {args.batch}, Q={Q}, R={R}, "
-          f"4 epochs, 1 minibatch, T=0.7, {'bf16 autocast' if device.type == 'cuda' else 'float32'}")
+    print(
+        f"# {name} | torch {torch.__version__} | transformers {transformers.__version__} | batch {args.batch}, Q={Q}, "
+        f"R={R}, "
+        f"4 epochs, 1 minibatch, T=0.7, {'bf16 autocast' if device.type == 'cuda' else 'float32'}"
+    )
     rows = []
     for size in sizes:
         if not args.trl_only:
@@ -150,10 +210,32 @@ def main() -> None:
             if trl:
                 rows.append(trl)
         elif not args.no_trl:
-            print("TRL peer needs CUDA: peer skipped" if importlib.util.find_spec("trl") else "TRL not installed: peer skipped")
-    cols = ["system", "size", "episodes_per_s", "generation", "logprobs", "reward", "train", "peak_mem_gib", "mfu", "micro_batch"]
+            print(
+                "TRL peer needs CUDA: peer skipped"
+                if importlib.util.find_spec("trl")
+                else "TRL not installed: peer skipped"
+            )
+    cols = [
+        "system",
+        "size",
+        "episodes_per_s",
+        "generation",
+        "logprobs",
+        "reward",
+        "train",
+        "peak_mem_gib",
+        "mfu",
+        "micro_batch",
+    ]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    print("| " + " | ".join(c if c in ("system", "size") else c.replace("_", " ") + (" s/update" if c in cols[3:7] else "") for c in cols) + " |")
+    print(
+        "| "
+        + " | ".join(
+            c if c in ("system", "size") else c.replace("_", " ") + (" s/update" if c in cols[3:7] else "")
+            for c in cols
+        )
+        + " |"
+    )
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")

@@ -20,10 +20,11 @@ import time
 import torch
 
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, freeze_lower_layers, load_causal_lm, load_tokenizer
-from lmpref.pipeline import new_reward_model
-from lmpref.ppo import train_policy
-from lmpref.runtime import load_reference, setup
+from lmpref.core.loading import load_causal_lm, load_tokenizer
+from lmpref.core.models import PolicyWithValue, freeze_lower_layers
+from lmpref.core.ppo import train_policy
+from lmpref.core.runtime import load_reference, setup
+from lmpref.steps.train import new_reward_model
 from lmpref.tasks import make_query_source
 
 
@@ -42,13 +43,31 @@ def run(shared: bool, updates: int, model: str) -> dict:
     source = make_query_source(tok, cfg.task, "train")
     rows: list[dict] = []
     marks: list[float] = []
-    train_policy(policy, ref, rm, tok, lambda u, n: source.sample(n, f"bench-{u}"), cfg.ppo, cfg.task, seed=0, device=device,
-                 log=lambda r: (rows.append(r), marks.append(time.perf_counter())), forward_batch=cfg.sample.batch_size)
+    train_policy(
+        policy,
+        ref,
+        rm,
+        tok,
+        lambda u, n: source.sample(n, f"bench-{u}"),
+        cfg.ppo,
+        cfg.task,
+        seed=0,
+        device=device,
+        log=lambda r: (rows.append(r), marks.append(time.perf_counter())),
+        forward_batch=cfg.sample.batch_size,
+    )
     timed = rows[1:]
     wall = marks[-1] - marks[0]
     phases = {k.removeprefix("time/"): sum(r[k] for r in timed) / len(timed) for k in timed[0] if k.startswith("time/")}
-    return {"shared_trunk": shared, "model": model, "updates": len(timed), "batch": cfg.ppo.batch_size, "epochs": cfg.ppo.epochs,
-            "episodes_per_s": len(timed) * cfg.ppo.batch_size / wall, "s_per_update": phases}
+    return {
+        "shared_trunk": shared,
+        "model": model,
+        "updates": len(timed),
+        "batch": cfg.ppo.batch_size,
+        "epochs": cfg.ppo.epochs,
+        "episodes_per_s": len(timed) * cfg.ppo.batch_size / wall,
+        "s_per_update": phases,
+    }
 
 
 def main() -> None:
@@ -62,8 +81,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         p = r["s_per_update"]
-        print(f"| {'on' if r['shared_trunk'] else 'off'} | {r['episodes_per_s']:.2f} | {p.get('generation', 0):.1f} | "
-              f"{p.get('logprobs', 0):.1f} | {p.get('reward', 0):.1f} | {p.get('train', 0):.1f} |")
+        print(
+            f"| {'on' if r['shared_trunk'] else 'off'} | {r['episodes_per_s']:.2f} | {p.get('generation', 0):.1f} | "
+            f"{p.get('logprobs', 0):.1f} | {p.get('reward', 0):.1f} | {p.get('train', 0):.1f} |"
+        )
     print(f"speed-up (on / off): {rows[0]['episodes_per_s'] / rows[1]['episodes_per_s']:.2f}x")
     print(json.dumps(rows))
 

@@ -20,14 +20,19 @@ from fastapi.testclient import TestClient
 
 from lmpref import store
 from lmpref.config import make_config
-from lmpref.label_worker import WorkerConfig, run_worker
+from lmpref.loop.label_worker import WorkerConfig, run_worker
 from lmpref.web import Settings, create_app
 
 RUN = "exp"
 # Tiny-gpt2 learns nothing from a dozen labels, so its reward models sit at chance: the pre-PPO
 # guard is off in the end-to-end runs and tested on its own.
-BASE = {"experiment.store_run": RUN, "experiment.poll_seconds": 0.1, "experiment.reward_guard_margin": -1,
-        "experiment.evaluate": False, "threads": 1}
+BASE = {
+    "experiment.store_run": RUN,
+    "experiment.poll_seconds": 0.1,
+    "experiment.reward_guard_margin": -1,
+    "experiment.evaluate": False,
+    "threads": 1,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -42,11 +47,20 @@ class Workers:
     With `release`, worker 0 first gives `first` labels alone; then every worker waits until
     `release()` is true (at most 120 s) before labeling on: a labeling pool that falls behind."""
 
-    def __init__(self, tmp_path: Path, n: int = 1, labeler: str = "sentiment", max_labels: int = 0,
-                 first: int = 0, release: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        n: int = 1,
+        labeler: str = "sentiment",
+        max_labels: int = 0,
+        first: int = 0,
+        release: Callable[[], bool] | None = None,
+    ):
         self.labeler, self.max_labels, self.first, self.release = labeler, max_labels, first, release
         self.db = f"sqlite:///{tmp_path / 'labels.db'}"
-        self.app = create_app(Settings(db_url=self.db))  # `lmpref serve`'s defaults (--min-seconds 5), as the README's quick start runs it
+        self.app = create_app(
+            Settings(db_url=self.db)
+        )  # `lmpref serve`'s defaults (--min-seconds 5), as the README's quick start runs it
         with store.transaction(self.app.state.sessions) as session:
             self.tokens = [store.create_labeler(session, name=f"sim-{i}")[1] for i in range(n)]
             self.admin = store.create_labeler(session, name="boss", role="admin")[1]
@@ -55,10 +69,20 @@ class Workers:
 
     def _work(self, i: int) -> None:
         client = TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[i]}"})
-        cfg = WorkerConfig(run=RUN, labeler=self.labeler, max_labels=self.max_labels, seed=i, idle_timeout=240, min_pause=0.05, max_pause=0.5)
+        cfg = WorkerConfig(
+            run=RUN,
+            labeler=self.labeler,
+            max_labels=self.max_labels,
+            seed=i,
+            idle_timeout=240,
+            min_pause=0.05,
+            max_pause=0.5,
+        )
         if self.release is not None:
             if i == 0:
-                self.counts[i] += run_worker(client, dataclasses.replace(cfg, max_labels=self.first), log=lambda _: None)
+                self.counts[i] += run_worker(
+                    client, dataclasses.replace(cfg, max_labels=self.first), log=lambda _: None
+                )
             deadline = time.monotonic() + 120
             while not self.release() and time.monotonic() < deadline:
                 time.sleep(0.05)

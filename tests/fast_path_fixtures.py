@@ -2,8 +2,9 @@
 
 import torch
 
-from lmpref.models import PolicyWithValue, load_causal_lm
-from lmpref.tasks import Query
+from lmpref.core.loading import load_causal_lm
+from lmpref.core.models import PolicyWithValue
+from lmpref.records import TaskQuery
 
 
 def tiny_policy() -> PolicyWithValue:
@@ -18,5 +19,7 @@ def tiny_policy() -> PolicyWithValue:
     return p
 
 
-def queries(tok, n: int) -> list[Query]:
-    return [Query(id=str(i), text="", ids=tok.encode(f"Once upon a time {'there ' * (i % 3)}was {i}")) for i in range(n)]
+def queries(tok, n: int) -> list[TaskQuery]:
+    return [
+        TaskQuery(id=str(i), text="", ids=tok.encode(f"Once upon a time {'there ' * (i % 3)}was {i}")) for i in range(n)
+    ]

@@ -1,8 +1,8 @@
-"""The one copying rule (lmpref.copying), checked on literal examples."""
+"""The one copying rule (lmpref.eval.copying), checked on literal examples."""
 
 import pytest
 
-from lmpref.copying import CopiedRun, copied_spans
+from lmpref.eval.copying import CopiedRun, copied_spans
 
 
 def test_copied_run_is_found_with_case_and_punctuation_ignored():

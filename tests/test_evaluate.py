@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmpref.evaluate import judge, wilson_interval, win_rate
+from lmpref.eval.winrate import judge, wilson_interval, win_rate
 
 
 class LengthLabeler:

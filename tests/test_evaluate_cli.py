@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lmpref.labelers import make_labeler
-from lmpref.eval_steps import accuracy_records, comparison_records
-from lmpref.evaluate import human_accuracy, human_win_rates, pairwise_win_rates, wilson_interval
+from lmpref.eval.labelers import make_labeler
+from lmpref.eval.winrate import human_accuracy, human_win_rates, pairwise_win_rates, wilson_interval
+from lmpref.steps.evaluate import accuracy_records, comparison_records
 
 QUERY = "Article:\n\nThe cat sat on the mat. It was happy.\n\nTL;DR:"
 
@@ -30,8 +30,26 @@ def test_pairwise_win_rates_judge_every_pair_on_the_same_queries():
 
 
 def test_comparison_records_skip_invalid_and_name_the_policies():
-    rows = [{"id": "q1", "query": "Q", "reference": "R", "a_response": "A", "a_valid": True, "b_response": "B", "b_valid": True},
-            {"id": "q2", "query": "Q", "reference": None, "a_response": "A", "a_valid": True, "b_response": "B", "b_valid": False}]
+    rows = [
+        {
+            "id": "q1",
+            "query": "Q",
+            "reference": "R",
+            "a_response": "A",
+            "a_valid": True,
+            "b_response": "B",
+            "b_valid": True,
+        },
+        {
+            "id": "q2",
+            "query": "Q",
+            "reference": None,
+            "a_response": "A",
+            "a_valid": True,
+            "b_response": "B",
+            "b_valid": False,
+        },
+    ]
     recs = comparison_records(rows, [("a", "b")], seed=0)
     assert len(recs) == 1 and recs[0]["id"] == "q1:a|b" and recs[0]["reference"] == "R"
     assert sorted(recs[0]["policies"]) == ["a", "b"]
@@ -39,10 +57,12 @@ def test_comparison_records_skip_invalid_and_name_the_policies():
 
 
 def test_human_win_rates_tally_by_policy_whatever_the_order():
-    labels = [{"policies": ["rl", "sft"], "best": 0, "tie": False},
-              {"policies": ["sft", "rl"], "best": 1, "tie": False},
-              {"policies": ["sft", "rl"], "best": 0, "tie": False},
-              {"policies": ["sft", "rl"], "best": -1, "tie": True}]
+    labels = [
+        {"policies": ["rl", "sft"], "best": 0, "tie": False},
+        {"policies": ["sft", "rl"], "best": 1, "tie": False},
+        {"policies": ["sft", "rl"], "best": 0, "tie": False},
+        {"policies": ["sft", "rl"], "best": -1, "tie": True},
+    ]
     (row,) = human_win_rates(labels)
     assert (row["a"], row["b"], row["n"]) == ("rl", "sft", 4)
     assert row["win_rate"] == pytest.approx(2.5 / 4)
@@ -50,11 +70,21 @@ def test_human_win_rates_tally_by_policy_whatever_the_order():
 
 def test_enqueue_and_read_back_people_through_the_store(tmp_path):
     from lmpref import store
-    from lmpref.eval_steps import step_enqueue_comparisons, step_read_human
+    from lmpref.steps.evaluate import step_enqueue_comparisons, step_read_human
 
     samples = tmp_path / "eval_samples.jsonl"
-    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,
-             "ref_response": f"R{i}", "ref_valid": True} for i in range(3)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "query": f"Q{i}",
+            "reference": None,
+            "policy_response": f"P{i}",
+            "policy_valid": True,
+            "ref_response": f"R{i}",
+            "ref_valid": True,
+        }
+        for i in range(3)
+    ]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     db = f"sqlite:///{tmp_path / 'store.db'}"
     result = step_enqueue_comparisons(samples, db=db, run="eval-x", batch="eval", pairs=None, seed=0)
@@ -74,13 +104,30 @@ def test_enqueue_and_read_back_people_through_the_store(tmp_path):
 
 
 def test_accuracy_records_take_n_queries_and_every_valid_response():
-    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": "R" if i == 0 else None, "a_response": f"A{i}", "a_valid": True,
-             "b_response": f"B{i}", "b_valid": i != 1} for i in range(3)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "query": f"Q{i}",
+            "reference": "R" if i == 0 else None,
+            "a_response": f"A{i}",
+            "a_valid": True,
+            "b_response": f"B{i}",
+            "b_valid": i != 1,
+        }
+        for i in range(3)
+    ]
     recs = accuracy_records(rows, ["a", "b"], n_queries=2, seed=0)
     assert sorted(r["id"] for r in recs) == ["q0:a", "q0:b", "q1:a"]  # q1's b is invalid, q2 is past N
     (q0a,) = [r for r in recs if r["id"] == "q0:a"]
-    assert q0a == {"id": "q0:a", "query": "Q0", "responses": ["A0"], "policy": "a", "kind": "accuracy",
-                   "doc_id": "q0", "reference": "R"}
+    assert q0a == {
+        "id": "q0:a",
+        "query": "Q0",
+        "responses": ["A0"],
+        "policy": "a",
+        "kind": "accuracy",
+        "doc_id": "q0",
+        "reference": "R",
+    }
 
 
 def test_human_accuracy_counts_unsure_as_not_accurate():
@@ -88,18 +135,33 @@ def test_human_accuracy_counts_unsure_as_not_accurate():
     acc = human_accuracy(ratings + [{"policy": "sft", "rating": "accurate"}])
     assert list(acc) == ["rl", "sft"]
     assert {k: acc["rl"][k] for k in ("accurate", "inaccurate", "unsure", "n", "accurate_share")} == {
-        "accurate": 2, "inaccurate": 1, "unsure": 1, "n": 4, "accurate_share": 0.5}
+        "accurate": 2,
+        "inaccurate": 1,
+        "unsure": 1,
+        "n": 4,
+        "accurate_share": 0.5,
+    }
     assert acc["rl"]["ci"] == pytest.approx(list(wilson_interval(2, 4)))
 
 
 def test_enqueue_accuracy_and_read_ratings_back_through_the_store(tmp_path, capsys):
     from lmpref import store
     from lmpref.cli import main
-    from lmpref.eval_steps import step_enqueue_accuracy
+    from lmpref.steps.evaluate import step_enqueue_accuracy
 
     samples = tmp_path / "eval_samples.jsonl"
-    rows = [{"id": f"q{i}", "query": f"Q{i}", "reference": None, "policy_response": f"P{i}", "policy_valid": True,
-             "ref_response": f"R{i}", "ref_valid": True} for i in range(5)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "query": f"Q{i}",
+            "reference": None,
+            "policy_response": f"P{i}",
+            "policy_valid": True,
+            "ref_response": f"R{i}",
+            "ref_valid": True,
+        }
+        for i in range(5)
+    ]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "eval.json").write_text(json.dumps({"win_rate": 0.5}))
     db = f"sqlite:///{tmp_path / 'store.db'}"
@@ -114,20 +176,33 @@ def test_enqueue_accuracy_and_read_ratings_back_through_the_store(tmp_path, caps
             served = store.next_task(session, labeler=person, run="eval-x")
             (sample,) = served.samples
             good = sample.policy == "ref" or served.task.query.extra["doc_id"] in ("q0", "q1")
-            store.save_label(session, labeler=person, task_id=served.task.id, rating="accurate" if good else "inaccurate")
-    assert main(["evaluate", "--read-human", "--db", db, "--store-run", "eval-x", "--out", str(tmp_path / "eval.json")]) == 0
+            store.save_label(
+                session, labeler=person, task_id=served.task.id, rating="accurate" if good else "inaccurate"
+            )
+    assert (
+        main(["evaluate", "--read-human", "--db", db, "--store-run", "eval-x", "--out", str(tmp_path / "eval.json")])
+        == 0
+    )
     assert "policy accurate 66.7%" in capsys.readouterr().out
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["win_rate"] == 0.5 and saved["human_pairwise"] == []
     policy, ref = saved["human_accuracy"]["policy"], saved["human_accuracy"]["ref"]
     assert (policy["accurate"], policy["inaccurate"], policy["unsure"], policy["n"]) == (2, 1, 0, 3)
-    assert policy["accurate_share"] == pytest.approx(2 / 3) and policy["ci"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert policy["accurate_share"] == pytest.approx(2 / 3) and policy["ci"] == pytest.approx(
+        list(wilson_interval(2, 3))
+    )
     assert (ref["accurate"], ref["n"], ref["accurate_share"]) == (3, 3, 1.0)
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
@@ -135,25 +210,86 @@ def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
     from lmpref.cli import main
 
     run = tmp_path / "run"
-    small = ["--preset", "cnndm", "--scale", "tiny", "--run-dir", str(run), "--set", "sample.num_queries=4",
-             "--set", "ppo.total_episodes=8", "--set", "eval.num_queries=4", "--set", "reward.holdout_fraction=0.5"]
+    small = [
+        "--preset",
+        "cnndm",
+        "--scale",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--set",
+        "sample.num_queries=4",
+        "--set",
+        "ppo.total_episodes=8",
+        "--set",
+        "eval.num_queries=4",
+        "--set",
+        "reward.holdout_fraction=0.5",
+    ]
     assert main(["run", *small]) == 0
-    assert main(["sft", *small, "--set", "sft.eval_pairs=4", "--set", "task.holdout_fraction=0.9", "--out", str(run / "sft")]) == 0
-    assert main(["evaluate", *small, "--policy", str(run / "policy"), "--reward-model", str(run / "reward_model"),
-                 "--compare", f"sft={run / 'sft'}", "--out", str(run / "eval.json"),
-                 "--enqueue-accuracy", "2", "--db", f"sqlite:///{tmp_path / 'store.db'}", "--store-run", "acc"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                *small,
+                "--set",
+                "sft.eval_pairs=4",
+                "--set",
+                "task.holdout_fraction=0.9",
+                "--out",
+                str(run / "sft"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                *small,
+                "--policy",
+                str(run / "policy"),
+                "--reward-model",
+                str(run / "reward_model"),
+                "--compare",
+                f"sft={run / 'sft'}",
+                "--out",
+                str(run / "eval.json"),
+                "--enqueue-accuracy",
+                "2",
+                "--db",
+                f"sqlite:///{tmp_path / 'store.db'}",
+                "--store-run",
+                "acc",
+            ]
+        )
+        == 0
+    )
     from lmpref import store
 
     with store.transaction(store.open_store(f"sqlite:///{tmp_path / 'store.db'}")) as session:
         assert store.progress(session, run="acc").tasks == 2 * 5  # 2 queries x {policy, ref, sft, lead-3, reference}
     ev = json.loads((run / "eval.json").read_text())
-    for key in ("win_rate", "win_rate_ci", "n_comparisons", "wins", "losses", "ties", "mean_reward", "labeler_score",
-                "valid_fraction", "kl", "samples"):
+    for key in (
+        "win_rate",
+        "win_rate_ci",
+        "n_comparisons",
+        "wins",
+        "losses",
+        "ties",
+        "mean_reward",
+        "labeler_score",
+        "valid_fraction",
+        "kl",
+        "samples",
+    ):
         assert key in ev
     assert {(r["a"], r["b"]) for r in ev["pairwise"]} >= {("policy", "sft"), ("ref", "lead-3"), ("lead-3", "reference")}
     se = json.loads((run / "summary_eval.json").read_text())
     assert set(se["policies"]) == {"lead-3", "policy", "ref", "sft", "reference"}
-    assert se["policies"]["lead-3"]["copies_from_start"] == 100.0 and se["policies"]["reference"]["rouge1"] == pytest.approx(100)
+    assert se["policies"]["lead-3"]["copies_from_start"] == 100.0 and se["policies"]["reference"][
+        "rouge1"
+    ] == pytest.approx(100)
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "Win rates between policies" in page and "Novelty vs. ROUGE" in page
@@ -167,8 +303,10 @@ def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto((run / "report.html").as_uri())
-            sizes = page.evaluate("[...document.querySelectorAll('svg')].map(s => {const r = s.getBoundingClientRect();"
-                                  " return [r.width, r.height]})")
+            sizes = page.evaluate(
+                "[...document.querySelectorAll('svg')].map(s => {const r = s.getBoundingClientRect();"
+                " return [r.width, r.height]})"
+            )
             png = page.screenshot(full_page=True)
         finally:
             browser.close()

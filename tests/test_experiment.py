@@ -10,32 +10,24 @@ The loop itself runs in process (fast), except in the kill tests, which must SIG
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
-from experiment_fixtures import BASE, RUN, Workers, batch_tasks, labels_given, tiny_config, tiny_env  # noqa: F401 (tiny_env: autouse)
 from fastapi.testclient import TestClient
 
+from experiment_fixtures import BASE, RUN, Workers, batch_tasks, labels_given, tiny_config, tiny_env  # noqa: F401 (tiny_env: autouse)
 from lmpref import store
 from lmpref.config import ConfigError, make_config
-from lmpref.experiment import run_experiment
-from lmpref.experiment_guards import (
-    batch_round,
-    enqueue_interval,
-    hacking_guard,
-    kl_guard,
-    label_schedule,
-    online_batch,
-    online_plan,
-    reward_guard,
-    segment_ends,
-    validation_win_rate,
-)
 from lmpref.io import read_jsonl
+from lmpref.loop.experiment import run_experiment
+from lmpref.loop.schedule import batch_round, enqueue_interval, label_schedule, online_batch, online_plan, segment_ends
+from lmpref.steps.guards import hacking_guard, kl_guard, reward_guard, validation_win_rate
+
+KILL_AT = str(Path(__file__).parent / "kill_at.py")  # runs `lmpref` and dies at one named point of the run
 
 # ---------------------------------------------------------------------------------------------
 # Pure schedule and guard functions, with literal numbers
@@ -57,17 +49,23 @@ def test_guards_with_literal_numbers():
     assert flipped and "flipped" in flipped and "PPO was not started" in flipped
     assert reward_guard(0.30, 0.25, 100, 0.1) and "flipped" not in reward_guard(0.30, 0.25, 100, 0.1)
     assert reward_guard(0.0, 0.25, 100, -1) is None  # off
-    rounds = [{"round": 1, "n_validation": 20, "win_rate": 0.7, "policy_score": 0.5},
-              {"round": 2, "n_validation": 20, "win_rate": 0.4, "policy_score": 1.5}]
+    rounds = [
+        {"round": 1, "n_validation": 20, "win_rate": 0.7, "policy_score": 0.5},
+        {"round": 2, "n_validation": 20, "win_rate": 0.4, "policy_score": 1.5},
+    ]
     assert "reward hacking" in hacking_guard(rounds, 0.1, 10)
     assert hacking_guard(rounds, 0.5, 10) is None  # the drop is within tolerance
     assert hacking_guard(rounds, 0.1, 30) is None  # too few validation labels to judge
-    assert hacking_guard([rounds[0], {**rounds[1], "policy_score": 0.4}], 0.1, 10) is None  # reward fell too: not hacking
+    assert (
+        hacking_guard([rounds[0], {**rounds[1], "policy_score": 0.4}], 0.1, 10) is None
+    )  # reward fell too: not hacking
     assert kl_guard(19.0, 6.0, 3.0) and kl_guard(17.0, 6.0, 3.0) is None and kl_guard(100.0, 6.0, 0) is None
-    rows = [{"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": 1, "tie": False},
-            {"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": 0, "tie": False},
-            {"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": -1, "tie": True},
-            {"policies": ["policy:u1", "policy:u1"], "best": 0, "tie": False}]  # not a validation task
+    rows = [
+        {"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": 1, "tie": False},
+        {"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": 0, "tie": False},
+        {"kind": "validation", "policies": ["ref:m", "policy:u1"], "best": -1, "tie": True},
+        {"policies": ["policy:u1", "policy:u1"], "best": 0, "tie": False},
+    ]  # not a validation task
     assert validation_win_rate(rows) == (0.5, 3)
 
 
@@ -75,7 +73,10 @@ def test_online_plan_splits_a_round_across_updates():
     # 5 comparisons (2 of them validation) over updates 1-2, after every update: 2 + 3, cumulative rounding
     assert online_plan(0, 2, 1, 5, 0.5) == [(1, 2, 1), (2, 3, 1)]
     assert online_plan(0, 10, 3, 7, 0.25) == [(3, 2, 0), (6, 3, 1), (9, 2, 1)]  # update 10: next segment's first
-    assert online_plan(0, 4, 1, 2, 0.5) == [(2, 1, 0), (3, 1, 1)]  # fewer comparisons than updates: empty points dropped
+    assert online_plan(0, 4, 1, 2, 0.5) == [
+        (2, 1, 0),
+        (3, 1, 1),
+    ]  # fewer comparisons than updates: empty points dropped
     assert online_plan(0, 2, 5, 4, 0.5) == [(2, 4, 2)]  # interval longer than the segment: once, at its end
     assert online_plan(3, 3, 1, 4, 0.0) == [(3, 4, 0)]  # an empty segment: at its start
     for every, n, share in [(1, 37, 0.25), (2, 5, 0.5), (7, 100, 0.3), (1, 3, 0.9)]:
@@ -84,7 +85,9 @@ def test_online_plan_splits_a_round_across_updates():
         assert all(0 <= v <= c for _, c, v in plan) and all(10 < u <= 30 for u, _, _ in plan)
     assert enqueue_interval(4, 98, 200, 16) == 4  # set: kept
     assert enqueue_interval(0, 98, 200, 16) == 7  # derived: about 16 comparisons (one generation batch) an enqueue
-    assert enqueue_interval(0, 2, 5, 4) == 1 and enqueue_interval(0, 1, 1, 16) == 1  # never less often than once a segment
+    assert (
+        enqueue_interval(0, 2, 5, 4) == 1 and enqueue_interval(0, 1, 1, 16) == 1
+    )  # never less often than once a segment
     assert online_batch(3, 42) == "round-003-u000042" and batch_round("round-003-u000042") == 3
     assert batch_round("round-012") == 12 and batch_round("final-eval") is None and batch_round("round-001x") is None
     with pytest.raises(ConfigError, match="enqueue_every"):
@@ -105,23 +108,39 @@ def test_online_collects_while_ppo_runs_and_does_not_wait_for_fresh_labels(tmp_p
         return (run_dir / "metrics.jsonl").exists() and len(list(read_jsonl(run_dir / "metrics.jsonl"))) >= 2
 
     w = Workers(tmp_path, n=2, first=9, release=update_2_logged).start()
-    cfg = tiny_config(tmp_path, **{"experiment.mode": "online", "experiment.rounds": 3, "experiment.validation_share": 0.5,
-                                   "experiment.enqueue_every": 1, "ppo.total_episodes": 48})
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "experiment.mode": "online",
+            "experiment.rounds": 3,
+            "experiment.validation_share": 0.5,
+            "experiment.enqueue_every": 1,
+            "ppo.total_episodes": 48,
+        },
+    )
     run_experiment(cfg, db=w.db)
     w.join()
     state = json.loads((run_dir / "experiment.json").read_text())
     assert state["finished"] and [r["round"] for r in state["rounds"]] == [0, 1, 2]
     # label_schedule(16, 3, 0.5) = [9, 13, 16]: rho's 9, then 4 sampled after update 1 and 3 after update 2
     assert batch_tasks(w) == {"round-000": 9, "round-001-u000001": 4, "round-002-u000002": 3}
-    assert [r["labels"] for r in state["rounds"]] == [9, 9, 16]  # retrain 1 went on without round 1's labels; the last waited
+    assert [r["labels"] for r in state["rounds"]] == [
+        9,
+        9,
+        16,
+    ]  # retrain 1 went on without round 1's labels; the last waited
     assert [r.get("policy_update") for r in state["rounds"]] == [None, 1, 2]
     with w.session() as s:
         p = store.progress(s, run=RUN)
         assert p.queue_depth == 0 and p.labels == p.tasks == 16 == sum(w.counts) and w.counts[0] >= 9
     for r, path in [(1, "rounds/round-001/samples-u000001.jsonl"), (2, "rounds/round-002/samples-u000002.jsonl")]:
         val = [rec for _, rec in read_jsonl(run_dir / path) if rec.get("kind") == "validation"]
-        assert len(val) == 2 and all(sorted(Counter(p.split(":")[0] for p in rec["policies"]).values()) == [2, 2] for rec in val)
-        assert state["rounds"][r]["n_validation"] == 2 and 0 <= state["rounds"][r]["win_rate"] <= 1  # round 1's: counted once its labels came in
+        assert len(val) == 2 and all(
+            sorted(Counter(p.split(":")[0] for p in rec["policies"]).values()) == [2, 2] for rec in val
+        )
+        assert (
+            state["rounds"][r]["n_validation"] == 2 and 0 <= state["rounds"][r]["win_rate"] <= 1
+        )  # round 1's: counted once its labels came in
     assert (run_dir / "reward_models/round-002/config.json").exists() and (run_dir / "policy/config.json").exists()
     assert [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
 
@@ -136,14 +155,21 @@ def test_online_collects_while_ppo_runs_and_does_not_wait_for_fresh_labels(tmp_p
     csrf = login.text.split('name="csrf" value="')[1].split('"')[0]
     browser.post("/login", data={"token": w.tokens[0], "csrf": csrf}, follow_redirects=False)
     page = browser.get(f"/runs/{RUN}/status")
-    assert page.status_code == 200 and "online" in page.text and "<polyline" in page.text and "round-002-u000002" in page.text
+    assert (
+        page.status_code == 200
+        and "online" in page.text
+        and "<polyline" in page.text
+        and "round-002-u000002" in page.text
+    )
 
 
 def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatch):
-    import lmpref.experiment as experiment
+    import lmpref.loop.experiment as experiment
 
     w = Workers(tmp_path).start()
-    cfg = tiny_config(tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 2, "ppo.total_episodes": 64})  # 4 updates, 2 a round
+    cfg = tiny_config(
+        tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 2, "ppo.total_episodes": 64}
+    )  # 4 updates, 2 a round
     # A person pulls the cord during round 1's PPO, as its first update (update 3) ends.
     real_rows, pulled = experiment._metrics_rows, {}
 
@@ -151,7 +177,9 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
         rows = real_rows(run_dir)
         if len(rows) == 3 and not pulled:
             with w.session() as s:
-                pulled["id"] = store.pull_andon(s, reason="samples look broken", run=RUN, labeler=store.get_labeler(s, name="sim-0")).id
+                pulled["id"] = store.pull_andon(
+                    s, reason="samples look broken", run=RUN, labeler=store.get_labeler(s, name="sim-0")
+                ).id
         return rows
 
     monkeypatch.setattr(experiment, "_metrics_rows", rows_then_pull)
@@ -179,7 +207,22 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
 
 
 def _experiment_argv(w: Workers, run_dir, mode: str, overrides: dict) -> list[str]:
-    argv = [sys.executable, "-m", "lmpref.cli", "experiment", "--preset", "test", "--scale", "tiny", "--mode", mode, "--db", w.db, "--run-dir", str(run_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "lmpref.cli",
+        "experiment",
+        "--preset",
+        "test",
+        "--scale",
+        "tiny",
+        "--mode",
+        mode,
+        "--db",
+        w.db,
+        "--run-dir",
+        str(run_dir),
+    ]
     for k, v in {**BASE, **overrides}.items():
         argv += ["--set", f"{k}={v}"]
     return argv
@@ -194,17 +237,21 @@ def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_
     batch enqueued exactly once."""
     w = Workers(tmp_path)
     run_dir = tmp_path / "run"
-    argv = _experiment_argv(w, run_dir, "online", {"experiment.rounds": 2, "experiment.enqueue_every": 1, "ppo.total_episodes": 64})
+    argv = _experiment_argv(
+        w, run_dir, "online", {"experiment.rounds": 2, "experiment.enqueue_every": 1, "ppo.total_episodes": 64}
+    )
 
     def loop(kill_at: str | None, resume: bool = True) -> int:
-        env = {**os.environ, "LMPREF_TEST_KILL_AT": kill_at or ""}
-        return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300).returncode
+        cmd = [sys.executable, KILL_AT, kill_at or "", "--"] + argv[3:] + (["--resume"] if resume else [])
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode
 
     def steps() -> list[int]:
         return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
 
     def checkpoint() -> int:
-        return json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text() / "state.json").read_text())["update"]
+        return json.loads(
+            (run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text() / "state.json").read_text()
+        )["update"]
 
     assert loop("sampled:0", resume=False) == -9  # samples written, nothing enqueued yet
     assert (run_dir / "rounds/round-000/samples.jsonl").exists() and batch_tasks(w) == {}
@@ -218,7 +265,9 @@ def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_
     assert steps() == [1, 2] and checkpoint() == 1
     assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2}
     assert loop("online:2") == -9  # update 2 again, checkpointed; killed before its batch was sampled
-    assert steps() == [1, 2, 2] and checkpoint() == 2 and not (run_dir / "rounds/round-001/samples-u000002.jsonl").exists()
+    assert (
+        steps() == [1, 2, 2] and checkpoint() == 2 and not (run_dir / "rounds/round-001/samples-u000002.jsonl").exists()
+    )
     assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2}
     assert loop("ppo:1") == -9  # update 2's batch enqueued on resuming, round 1 retrained on all; killed after update 3
     assert steps() == [1, 2, 2, 3] and checkpoint() == 3 and labels_given(w) >= labels_before
@@ -228,7 +277,11 @@ def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_
     twice = [m for _, m in read_jsonl(run_dir / "metrics.jsonl") if m["step"] == 2]
     for key in ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/loss/policy", "ppo/loss/value"):
         assert twice[0][key] == twice[1][key], key  # the repeated update is the same update
-    assert batch_tasks(w) == {"round-000": 11, "round-001-u000001": 2, "round-001-u000002": 3}  # none dropped, none twice
+    assert batch_tasks(w) == {
+        "round-000": 11,
+        "round-001-u000001": 2,
+        "round-001-u000002": 3,
+    }  # none dropped, none twice
     with w.session() as s:
         p = store.progress(s, run=RUN)
         assert p.labels == p.tasks == 16 == sum(w.counts) and p.queue_depth == 0  # every label kept
@@ -248,8 +301,8 @@ def test_batched_run_killed_between_rounds_resumes_exactly(tmp_path):
     argv = _experiment_argv(w, run_dir, "batched", {"experiment.rounds": 2, "ppo.total_episodes": 64})
 
     def loop(kill_at: str | None, resume: bool = True) -> int:
-        env = {**os.environ, "LMPREF_TEST_KILL_AT": kill_at or ""}
-        return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300).returncode
+        cmd = [sys.executable, KILL_AT, kill_at or "", "--"] + argv[3:] + (["--resume"] if resume else [])
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode
 
     def steps() -> list[int]:
         return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
@@ -281,9 +334,10 @@ def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
     """Labels come from an oracle that *is* the reward model the loop starts from (same trunk, same
     seeded head; trained with lr ~0 it stays that model), so the reward model agrees with its
     labelers. A sign bug negates its gain on save: the guard must stop the run before any PPO."""
-    from lmpref import labelers
-    from lmpref.experiment_guards import heldout_accuracy
-    from lmpref.models import RewardModel, load_tokenizer
+    from lmpref.core.loading import load_tokenizer
+    from lmpref.core.reward import RewardModel
+    from lmpref.eval import labelers
+    from lmpref.steps.guards import heldout_accuracy
 
     tok = load_tokenizer("tiny-gpt2")
     torch.manual_seed(0)  # as `runtime.setup` seeds it before the loop builds its reward model
@@ -295,13 +349,23 @@ def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
         def score(self, query, response, *, reference=None):
             ids = tok.encode(query) + tok.encode(response)
             with torch.no_grad():
-                return oracle.raw(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(ids) - 1])).item()
+                return oracle.raw(
+                    torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(ids) - 1])
+                ).item()
 
     monkeypatch.setitem(labelers.LABELERS, "oracle", Oracle)
     real = RewardModel.set_normalization
     monkeypatch.setattr(RewardModel, "set_normalization", lambda self, gain, bias: real(self, -gain, -bias))  # the bug
     w = Workers(tmp_path, labeler="oracle", max_labels=32).start()  # the run halts: the worker stops at 32
-    cfg = tiny_config(tmp_path, **{"experiment.reward_guard_margin": 0.0, "reward.lr": 1e-12, "sample.num_queries": 32, "experiment.poll_seconds": 0.5})
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "experiment.reward_guard_margin": 0.0,
+            "reward.lr": 1e-12,
+            "sample.num_queries": 32,
+            "experiment.poll_seconds": 0.5,
+        },
+    )
     result = run_experiment(cfg, db=w.db)
     run_dir = cfg.resolved_run_dir()
     assert "guard:" in result["stopped"] and "flipped" in result["stopped"] and "automatic guard" in result["stopped"]
@@ -315,7 +379,9 @@ def test_flipped_reward_sign_is_caught_before_ppo(tmp_path, monkeypatch):
     rm.set_normalization(-float(rm.gain), -float(rm.bias))
     rm.save(tmp_path / "fixed")
     tok.save_pretrained(tmp_path / "fixed")
-    acc, chance, n = heldout_accuracy(tmp_path / "fixed", run_dir / "rounds/round-000/labels.jsonl", cfg.reward.holdout_fraction, cfg.seed)
+    acc, chance, n = heldout_accuracy(
+        tmp_path / "fixed", run_dir / "rounds/round-000/labels.jsonl", cfg.reward.holdout_fraction, cfg.seed
+    )
     assert n == 8 and acc > chance + 0.25
     flipped = json.loads((run_dir / "experiment.json").read_text())["rounds"][0]
     assert flipped["rm_accuracy"] < flipped["chance"]

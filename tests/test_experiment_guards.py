@@ -10,11 +10,10 @@ import threading
 import time
 
 from experiment_fixtures import RUN, Workers, tiny_config, tiny_env  # noqa: F401 (tiny_env: autouse)
-
 from lmpref import store
-from lmpref.experiment import run_experiment
-from lmpref.experiment_guards import batch_round
 from lmpref.io import read_jsonl
+from lmpref.loop.experiment import run_experiment
+from lmpref.loop.schedule import batch_round
 
 
 def _steps(run_dir) -> list[dict]:
@@ -46,12 +45,16 @@ def test_kl_guard_halts_a_run_that_runs_off_and_not_with_the_guard_off(tmp_path)
         assert event.pulled_by is None and event.reason.startswith("guard: KL(pi || rho)")
         store.clear_andon(s, event_id=event.id, note="control: go on with the guard off")
 
-    control = tiny_config(tmp_path, **{"ppo.total_episodes": 64, "ppo.lr": 1e-2, **limit, "experiment.kl_guard_factor": 0})
+    control = tiny_config(
+        tmp_path, **{"ppo.total_episodes": 64, "ppo.lr": 1e-2, **limit, "experiment.kl_guard_factor": 0}
+    )
     assert "stopped" not in run_experiment(control, db=w.db, resume=True)
     w.join()
     steps = _steps(run_dir)
     assert [m["step"] for m in steps] == [1, 2, 3, 4] and all(m["objective/kl"] > 0.15 for m in steps[2:])
-    assert json.loads((run_dir / "experiment.json").read_text())["finished"] and (run_dir / "policy/config.json").exists()
+    assert (
+        json.loads((run_dir / "experiment.json").read_text())["finished"] and (run_dir / "policy/config.json").exists()
+    )
     with w.session() as s:
         assert store.open_andon_events(s, run=RUN) == []
 
@@ -95,7 +98,7 @@ def test_reward_hacking_guard_halts_when_reward_rises_while_labelers_turn_away(t
     prefer the policy over rho in rounds 1 and 2 and rho in round 3. Control inside the run: at retrain
     2 the reward rose but the win rate held (100% -> 100%): no halt. At retrain 3 the win rate fell
     (100% -> 0%): the guard must pull the cord before update 4."""
-    import lmpref.reward as reward
+    import lmpref.core.reward as reward
 
     real_normalize, calls = reward.normalize, []
 
@@ -107,20 +110,41 @@ def test_reward_hacking_guard_halts_when_reward_rises_while_labelers_turn_away(t
 
     monkeypatch.setattr(reward, "normalize", drifting)
     w = Workers(tmp_path)
-    cfg = tiny_config(tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 4, "ppo.total_episodes": 64,
-                                   "experiment.validation_share": 0.5, "experiment.min_validation_labels": 1,
-                                   "experiment.hacking_win_drop": 0.1})
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "experiment.mode": "batched",
+            "experiment.rounds": 4,
+            "ppo.total_episodes": 64,
+            "experiment.validation_share": 0.5,
+            "experiment.min_validation_labels": 1,
+            "experiment.hacking_win_drop": 0.1,
+        },
+    )
     with RoundLabeler(w, prefer_policy={1, 2}):
         result = run_experiment(cfg, db=w.db)
     run_dir = cfg.resolved_run_dir()
-    assert "reward hacking" in result["stopped"] and "rounds 2 -> 3" in result["stopped"] and "automatic guard" in result["stopped"]
+    assert (
+        "reward hacking" in result["stopped"]
+        and "rounds 2 -> 3" in result["stopped"]
+        and "automatic guard" in result["stopped"]
+    )
     assert [m["step"] for m in _steps(run_dir)] == [1, 2, 3]  # halted after retrain 3, before update 4
     state = json.loads((run_dir / "experiment.json").read_text())
     rounds = state["rounds"]
     assert state["halted"]["round"] == 3 and state["halted"]["guard"]
-    assert [r.get("win_rate") for r in rounds] == [None, 1.0, 1.0, 0.0] and [r.get("n_validation") for r in rounds] == [0, 2, 2, 1]
-    assert rounds[1]["policy_score"] < rounds[2]["policy_score"] < rounds[3]["policy_score"]  # the reward rose every round
-    assert [r.get("rm_accuracy") is not None for r in rounds] == [True] * 4 and "ppo_update" in rounds[2]  # retrain 2 let PPO on
+    assert [r.get("win_rate") for r in rounds] == [None, 1.0, 1.0, 0.0] and [r.get("n_validation") for r in rounds] == [
+        0,
+        2,
+        2,
+        1,
+    ]
+    assert (
+        rounds[1]["policy_score"] < rounds[2]["policy_score"] < rounds[3]["policy_score"]
+    )  # the reward rose every round
+    assert [r.get("rm_accuracy") is not None for r in rounds] == [True] * 4 and "ppo_update" in rounds[
+        2
+    ]  # retrain 2 let PPO on
     with w.session() as s:
         (event,) = store.open_andon_events(s, run=RUN)
         assert event.pulled_by is None and "reward hacking" in event.reason

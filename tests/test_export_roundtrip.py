@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from web_store_fixtures import record, sqlite_url  # noqa: E402
-
 from lmpref import store  # noqa: E402
+from lmpref.core.reward import read_labels  # noqa: E402
 from lmpref.io import DataError  # noqa: E402
-from lmpref.reward import read_labels  # noqa: E402
+from web_store_fixtures import record, sqlite_url  # noqa: E402
 
 
 class _Tok:
@@ -55,15 +54,42 @@ def test_each_comparison_format_round_trips_through_train_reward(labeled_store, 
 
 def test_the_ratings_format_gets_a_clear_error(tmp_path):
     path = tmp_path / "ratings.jsonl"
-    store.write_jsonl([{"id": "a", "doc_id": None, "policy": "p", "query": "q", "response": "r",
-                        "rating": "accurate", "note": None, "labeler": "ann"}], path)
+    store.write_jsonl(
+        [
+            {
+                "id": "a",
+                "doc_id": None,
+                "policy": "p",
+                "query": "q",
+                "response": "r",
+                "rating": "accurate",
+                "note": None,
+                "labeler": "ann",
+            }
+        ],
+        path,
+    )
     with pytest.raises(DataError, match="accuracy rating, not a comparison"):
         read_labels(path, _Tok())
 
 
 def test_the_critiques_format_gets_a_clear_error(tmp_path):
     path = tmp_path / "critiques.jsonl"
-    store.write_jsonl([{"id": "a", "task_id": 1, "kind": "compare", "labeler": "ann", "query": "q", "answer": "r",
-                        "critique": "too long", "correction": None, "created_at": "2026-01-01T00:00:00"}], path)
+    store.write_jsonl(
+        [
+            {
+                "id": "a",
+                "task_id": 1,
+                "kind": "compare",
+                "labeler": "ann",
+                "query": "q",
+                "answer": "r",
+                "critique": "too long",
+                "correction": None,
+                "created_at": "2026-01-01T00:00:00",
+            }
+        ],
+        path,
+    )
     with pytest.raises(DataError, match="a critique, not a comparison"):
         read_labels(path, _Tok())

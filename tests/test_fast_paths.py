@@ -4,13 +4,14 @@ import copy
 
 import pytest
 import torch
-from fast_path_fixtures import queries, tiny_policy
 
-from lmpref.accel import StaticSampler, fit_micro_batch
+from fast_path_fixtures import queries, tiny_policy
 from lmpref.config import make_config
-from lmpref.models import load_tokenizer
-from lmpref.ppo import make_optimizer, ppo_update, rollout, train_policy
-from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left
+from lmpref.core.accel import StaticSampler, fit_micro_batch
+from lmpref.core.batching import pad_left
+from lmpref.core.loading import load_tokenizer
+from lmpref.core.ppo import make_optimizer, ppo_update, rollout, train_policy
+from lmpref.core.sampling import cat_query_response, generate, logprobs_of
 
 R, T = 6, 0.7
 
@@ -34,9 +35,18 @@ def _batch(tok, n=6):
 
 
 def _cfg(**over):
-    base = {"ppo.batch_size": 8, "ppo.minibatches": 2, "ppo.epochs": 2, "ppo.total_episodes": 16, "ppo.lr": 1e-3,
-            "task.response_length": R, "task.truncate_after": 2, "task.query_length": 12,
-            "ppo.fast_sampling": "off", "ppo.fused_adam": "off"}
+    base = {
+        "ppo.batch_size": 8,
+        "ppo.minibatches": 2,
+        "ppo.epochs": 2,
+        "ppo.total_episodes": 16,
+        "ppo.lr": 1e-3,
+        "task.response_length": R,
+        "task.truncate_after": 2,
+        "task.query_length": 12,
+        "ppo.fast_sampling": "off",
+        "ppo.fused_adam": "off",
+    }
     return make_config("test", "tiny", {**base, **over})
 
 
@@ -64,7 +74,9 @@ def test_rollout_with_sampler_equals_plain_rollout(tok, policy):
     outs = []
     for sampler in (None, StaticSampler()):
         torch.manual_seed(2)
-        outs.append(rollout(policy, ref, reward_fn, tok, _queries(tok), task, forward_batch=4, device="cpu", sampler=sampler))
+        outs.append(
+            rollout(policy, ref, reward_fn, tok, _queries(tok), task, forward_batch=4, device="cpu", sampler=sampler)
+        )
     a, b = outs
     assert torch.equal(a.responses, b.responses) and torch.equal(a.scores, b.scores)
     for name in ("logprobs", "ref_logprobs", "values"):
@@ -75,7 +87,16 @@ def _updated(policy, tok, cfg, micro=None):
     p = copy.deepcopy(policy)
     ref = copy.deepcopy(policy).requires_grad_(False)
     torch.manual_seed(3)
-    ro = rollout(p, ref, lambda ids, mask, last: ids[:, -1].float() / 50_000, tok, _queries(tok, 8), cfg.task, forward_batch=8, device="cpu")
+    ro = rollout(
+        p,
+        ref,
+        lambda ids, mask, last: ids[:, -1].float() / 50_000,
+        tok,
+        _queries(tok, 8),
+        cfg.task,
+        forward_batch=8,
+        device="cpu",
+    )
     opt = make_optimizer(p.parameters(), cfg.ppo)
     ppo_update(p, opt, ro, 0.1, cfg.ppo, cfg.task, torch.Generator().manual_seed(0), micro_batch=micro)
     return p
@@ -108,11 +129,24 @@ def test_train_policy_fast_paths_end_where_the_plain_path_ends(tok, policy):
     queries = _queries(tok, 16)
     finals = []
     for fast in ("off", "on"):
-        cfg = _cfg(**{"ppo.fast_sampling": fast, "ppo.fused_adam": fast, "ppo.micro_batch_size": -1 if fast == "on" else 0})
+        cfg = _cfg(
+            **{"ppo.fast_sampling": fast, "ppo.fused_adam": fast, "ppo.micro_batch_size": -1 if fast == "on" else 0}
+        )
         p, ref = copy.deepcopy(policy), copy.deepcopy(policy).requires_grad_(False)
         stats = []
-        train_policy(p, ref, lambda ids, mask, last: ids[:, -1].float() / 50_000, tok, lambda u, n: queries[(u % 2) * 8 :][:n],
-                     cfg.ppo, cfg.task, seed=0, device=torch.device("cpu"), log=stats.append, forward_batch=4)
+        train_policy(
+            p,
+            ref,
+            lambda ids, mask, last: ids[:, -1].float() / 50_000,
+            tok,
+            lambda u, n: queries[(u % 2) * 8 :][:n],
+            cfg.ppo,
+            cfg.task,
+            seed=0,
+            device=torch.device("cpu"),
+            log=stats.append,
+            forward_batch=4,
+        )
         finals.append((p, stats))
     (a, sa), (b, sb) = finals
     for (name, x), y in zip(a.named_parameters(), b.parameters()):

@@ -10,15 +10,19 @@ import copy
 
 import pytest
 import torch
+
 from fast_path_fixtures import queries, tiny_policy
-
-from lmpref.accel import StaticSampler, autocast
 from lmpref.config import make_config
-from lmpref.models import load_tokenizer
-from lmpref.ppo import train_policy
-from lmpref.sampling import cat_query_response, generate, logprobs_of, pad_left
+from lmpref.core.accel import StaticSampler, autocast
+from lmpref.core.batching import pad_left
+from lmpref.core.loading import load_tokenizer
+from lmpref.core.ppo import train_policy
+from lmpref.core.sampling import cat_query_response, generate, logprobs_of
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run in a GPU session)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run in a GPU session)"),
+]
 R, T = 8, 0.7
 
 
@@ -77,15 +81,40 @@ def test_sampler_logprobs_under_bf16_autocast_match_a_bf16_forward(tok, policy):
 
 def _train(policy, tok, fast: str, precision: str):
     queries = _queries(tok, 32)
-    cfg = make_config("test", "tiny", {
-        "ppo.batch_size": 16, "ppo.minibatches": 2, "ppo.epochs": 2, "ppo.total_episodes": 32, "ppo.lr": 1e-3,
-        "task.response_length": R, "task.truncate_after": 2, "task.query_length": 12,
-        "ppo.fast_sampling": fast, "ppo.fused_adam": fast, "ppo.compile": fast, "ppo.mixed_precision": precision,
-        "ppo.micro_batch_size": -1 if fast == "on" else 0})
+    cfg = make_config(
+        "test",
+        "tiny",
+        {
+            "ppo.batch_size": 16,
+            "ppo.minibatches": 2,
+            "ppo.epochs": 2,
+            "ppo.total_episodes": 32,
+            "ppo.lr": 1e-3,
+            "task.response_length": R,
+            "task.truncate_after": 2,
+            "task.query_length": 12,
+            "ppo.fast_sampling": fast,
+            "ppo.fused_adam": fast,
+            "ppo.compile": fast,
+            "ppo.mixed_precision": precision,
+            "ppo.micro_batch_size": -1 if fast == "on" else 0,
+        },
+    )
     p, ref = copy.deepcopy(policy), copy.deepcopy(policy).requires_grad_(False)
     stats = []
-    train_policy(p, ref, lambda ids, mask, last: ids[:, -1].float() / 50_000, tok, lambda u, n: queries[(u % 2) * 16 :][:n],
-                 cfg.ppo, cfg.task, seed=0, device=torch.device("cuda"), log=stats.append, forward_batch=16)
+    train_policy(
+        p,
+        ref,
+        lambda ids, mask, last: ids[:, -1].float() / 50_000,
+        tok,
+        lambda u, n: queries[(u % 2) * 16 :][:n],
+        cfg.ppo,
+        cfg.task,
+        seed=0,
+        device=torch.device("cuda"),
+        log=stats.append,
+        forward_batch=16,
+    )
     return p, stats
 
 

@@ -24,14 +24,31 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("trained")
     assert main(["sample", *TINY, "--out", str(d / "s.jsonl")]) == 0
     assert main(["label", str(d / "s.jsonl"), "--labeler", "sentiment", "--out", str(d / "l.jsonl")]) == 0
-    assert main(["train-reward", *TINY, "--labels", str(d / "l.jsonl"), "--samples", str(d / "s.jsonl"), "--out", str(d / "rm")]) == 0
+    assert (
+        main(
+            [
+                "train-reward",
+                *TINY,
+                "--labels",
+                str(d / "l.jsonl"),
+                "--samples",
+                str(d / "s.jsonl"),
+                "--out",
+                str(d / "rm"),
+            ]
+        )
+        == 0
+    )
     return d
 
 
 def _negate_gain_and_bias(rm_dir):
     path = rm_dir / "config.json"
     config = json.loads(path.read_text())
-    config["lmpref_reward_gain"], config["lmpref_reward_bias"] = -config["lmpref_reward_gain"], -config["lmpref_reward_bias"]
+    config["lmpref_reward_gain"], config["lmpref_reward_bias"] = (
+        -config["lmpref_reward_gain"],
+        -config["lmpref_reward_bias"],
+    )
     path.write_text(json.dumps(config))
 
 
@@ -57,7 +74,7 @@ def test_train_policy_accepts_the_reward_model_as_saved(trained, tmp_path):
 def test_run_measures_the_saved_reloaded_reward_model(tmp_path, capsys, monkeypatch):
     """A sign bug at the moment the reward model is saved: the accuracy measured before the save is
     not what PPO would load. `run` must measure the saved model and stop before PPO."""
-    from lmpref.models import RewardModel
+    from lmpref.core.reward import RewardModel
 
     save = RewardModel.save
 
@@ -76,13 +93,25 @@ def test_run_measures_the_saved_reloaded_reward_model(tmp_path, capsys, monkeypa
 def test_a_sign_flipped_inside_ppo_halts_within_a_few_updates(trained, tmp_path, capsys, monkeypatch):
     """The paper's overnight bug: PPO is fed the negated reward-model score. The reward model's score
     of the policy's samples falls while the score PPO maximises rises; the direction guard stops it."""
-    import lmpref.ppo
+    import lmpref.core.ppo
 
-    shaped = lmpref.ppo.kl_shaped_rewards
-    monkeypatch.setattr(lmpref.ppo, "kl_shaped_rewards", lambda lp, rlp, scores, kl_coef: shaped(lp, rlp, -scores, kl_coef))
+    shaped = lmpref.core.ppo.kl_shaped_rewards
+    monkeypatch.setattr(
+        lmpref.core.ppo, "kl_shaped_rewards", lambda lp, rlp, scores, kl_coef: shaped(lp, rlp, -scores, kl_coef)
+    )
     run = tmp_path / "run"
-    args = ["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(trained / "rm"),
-            "--set", "ppo.total_episodes=320", "--set", "ppo.lr=1e-3"]
+    args = [
+        "train-policy",
+        *TINY,
+        "--run-dir",
+        str(run),
+        "--reward-model",
+        str(trained / "rm"),
+        "--set",
+        "ppo.total_episodes=320",
+        "--set",
+        "ppo.lr=1e-3",
+    ]
     assert main(args) == 3
     out = capsys.readouterr().out
     assert "fell" in out and "the score PPO maximises rose" in out and "sign flipped inside PPO" in out
@@ -91,7 +120,7 @@ def test_a_sign_flipped_inside_ppo_halts_within_a_few_updates(trained, tmp_path,
 
 
 def test_direction_guard_with_literal_numbers():
-    from lmpref.experiment_guards import direction_guard
+    from lmpref.steps.guards import direction_guard
 
     rows = [{"step": i + 1, "objective/scores": s, "ppo/scores_seen": -s} for i, s in enumerate([0.1, 0.0, -0.2])]
     assert "sign flipped inside PPO" in direction_guard(rows, 3)
@@ -129,7 +158,21 @@ def test_samples_missing_fields(trained, tmp_path, capsys):
     rec = json.loads((trained / "s.jsonl").read_text().splitlines()[0])
     del rec["query_ids"]
     samples.write_text(json.dumps(rec) + "\n")
-    assert main(["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "rm")]) == 2
+    assert (
+        main(
+            [
+                "train-reward",
+                *TINY,
+                "--labels",
+                str(trained / "l.jsonl"),
+                "--samples",
+                str(samples),
+                "--out",
+                str(tmp_path / "rm"),
+            ]
+        )
+        == 2
+    )
     assert "lacks 'query_ids'" in _one_clean_line(capsys)
     assert not (tmp_path / "rm").exists()
 
@@ -137,14 +180,42 @@ def test_samples_missing_fields(trained, tmp_path, capsys):
 def test_empty_samples_file_is_named(trained, tmp_path, capsys):
     samples = tmp_path / "empty.jsonl"
     samples.write_text("")
-    assert main(["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "rm")]) == 2
+    assert (
+        main(
+            [
+                "train-reward",
+                *TINY,
+                "--labels",
+                str(trained / "l.jsonl"),
+                "--samples",
+                str(samples),
+                "--out",
+                str(tmp_path / "rm"),
+            ]
+        )
+        == 2
+    )
     assert f"{samples}: empty" in _one_clean_line(capsys)
 
 
 def test_labels_file_holding_a_bare_list(trained, tmp_path, capsys):
     labels = tmp_path / "l.json"
     labels.write_text("[[1, 2, 3], [4, 5]]")
-    assert main(["train-reward", *TINY, "--labels", str(labels), "--samples", str(trained / "s.jsonl"), "--out", str(tmp_path / "rm")]) == 2
+    assert (
+        main(
+            [
+                "train-reward",
+                *TINY,
+                "--labels",
+                str(labels),
+                "--samples",
+                str(trained / "s.jsonl"),
+                "--out",
+                str(tmp_path / "rm"),
+            ]
+        )
+        == 2
+    )
     assert f"{labels}: item 1 of the list is a list, not a label object" in _one_clean_line(capsys)
 
 
@@ -164,7 +235,9 @@ def test_zero_sizes_are_refused_before_any_work(tmp_path, capsys, key):
 def test_a_policy_folder_given_as_reward_model(trained, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(trained / "rm")]) == 0
-    assert main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run2"), "--reward-model", str(run / "policy")]) == 2
+    assert (
+        main(["train-policy", *TINY, "--run-dir", str(tmp_path / "run2"), "--reward-model", str(run / "policy")]) == 2
+    )
     assert "is a policy (it has value_head.safetensors), not a reward model" in _one_clean_line(capsys)
 
 
@@ -190,12 +263,12 @@ def test_relative_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatc
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import lmpref.pipeline
+    import lmpref.steps.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmpref.pipeline, "step_sample", interrupted)
+    monkeypatch.setattr(lmpref.steps.train, "step_sample", interrupted)
     assert main(["run", *TINY, "--run-dir", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted" in err and "--resume" in err
@@ -204,7 +277,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, capsys, monkeypat
 def test_disk_full_while_saving_is_one_line_and_resume_does_not_duplicate(trained, tmp_path, capsys, monkeypatch):
     import errno
 
-    from lmpref.models import RewardModel
+    from lmpref.core.reward import RewardModel
 
     save = RewardModel.save
 
@@ -240,7 +313,9 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path, capsys):
     assert (run / "config.json").read_text() == before and not (run / "samples.jsonl").exists()
     changed = make_config("test", "tiny", {"run_dir": str(run), "seed": 7})
     check_resume(changed, run / "config.json", allow=True)  # the explicit override
-    check_resume(make_config("test", "tiny", {"run_dir": str(run), "ppo.checkpoint_every": 5}), run / "config.json")  # storage only
+    check_resume(
+        make_config("test", "tiny", {"run_dir": str(run), "ppo.checkpoint_every": 5}), run / "config.json"
+    )  # storage only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +327,8 @@ def test_label_worker_retries_while_its_server_restarts():
     says so, and goes on; it marks itself as a program so --min-seconds does not drop its labels."""
     import httpx
 
-    from lmpref.label_worker import PROGRAM_HEADER, WorkerConfig, run_worker
+    from lmpref.loop.label_worker import WorkerConfig, run_worker
+    from lmpref.records import PROGRAM_HEADER
 
     calls, seen_headers = [], []
 
@@ -276,14 +352,16 @@ def test_label_worker_retries_while_its_server_restarts():
 def test_label_worker_gives_up_with_one_line_when_the_server_stays_down():
     import httpx
 
-    from lmpref.label_worker import WorkerConfig, WorkerError, run_worker
+    from lmpref.loop.label_worker import WorkerConfig, WorkerError, run_worker
 
     def handler(request):
         raise httpx.ConnectError("connection refused", request=request)
 
     client = httpx.Client(base_url="http://server", transport=httpx.MockTransport(handler))
     with pytest.raises(WorkerError, match="unreachable for 0.05 s"):
-        run_worker(client, WorkerConfig(run="exp", min_pause=0.01, max_pause=0.02, retry_timeout=0.05), log=lambda _: None)
+        run_worker(
+            client, WorkerConfig(run="exp", min_pause=0.01, max_pause=0.02, retry_timeout=0.05), log=lambda _: None
+        )
 
 
 def test_program_labels_are_not_dropped_as_too_fast_but_a_person_s_are(tmp_path):
@@ -291,7 +369,7 @@ def test_program_labels_are_not_dropped_as_too_fast_but_a_person_s_are(tmp_path)
     from fastapi.testclient import TestClient
 
     from lmpref import store
-    from lmpref.label_worker import PROGRAM_HEADER
+    from lmpref.records import PROGRAM_HEADER
     from lmpref.web import Settings, create_app
     from web_store_fixtures import record
 
@@ -314,7 +392,7 @@ def test_program_labels_are_not_dropped_as_too_fast_but_a_person_s_are(tmp_path)
 
 
 def test_a_labeler_who_picks_the_worst_is_caught_on_gold_tasks():
-    from lmpref.experiment_guards import gold_guard
+    from lmpref.steps.guards import gold_guard
 
     reason = gold_guard([("ann", 20, 17), ("sim-1", 20, 0)], chance=0.25, min_answered=10)
     assert "labeler sim-1 picks the known best on 0.0% of 20 gold tasks" in reason and "inverted labels?" in reason
@@ -323,11 +401,13 @@ def test_a_labeler_who_picks_the_worst_is_caught_on_gold_tasks():
 
 
 def test_the_labelers_win_rate_falling_alone_halts():
-    from lmpref.experiment_guards import hacking_guard, win_rate_guard
+    from lmpref.steps.guards import hacking_guard, win_rate_guard
 
-    rounds = [{"round": 0, "win_rate": 0.57, "n_validation": 200, "policy_score": 0.5},
-              {"round": 1, "win_rate": 0.50, "n_validation": 200, "policy_score": 0.3},
-              {"round": 2, "win_rate": 0.40, "n_validation": 200, "policy_score": 0.1}]
+    rounds = [
+        {"round": 0, "win_rate": 0.57, "n_validation": 200, "policy_score": 0.5},
+        {"round": 1, "win_rate": 0.50, "n_validation": 200, "policy_score": 0.3},
+        {"round": 2, "win_rate": 0.40, "n_validation": 200, "policy_score": 0.1},
+    ]
     assert hacking_guard(rounds, 0.1, 10) is None  # the reward fell too: the reward-hacking guard is silent
     reason = win_rate_guard(rounds, 10)
     assert "fell 57.0%" in reason and "-> 40.0%" in reason and "95% CI" in reason
@@ -337,14 +417,16 @@ def test_the_labelers_win_rate_falling_alone_halts():
 def test_read_only_evaluate_out_is_refused_before_the_evaluation(trained, tmp_path, capsys, monkeypatch):
     import os
 
-    import lmpref.eval_steps
+    import lmpref.steps.evaluate
 
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    monkeypatch.setattr(lmpref.eval_steps, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(
+        lmpref.steps.evaluate, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out")
+    )
     try:
         assert main(["evaluate", *TINY, "--policy", str(trained), "--out", str(ro / "eval.json")]) == 2
     finally:
@@ -354,9 +436,11 @@ def test_read_only_evaluate_out_is_refused_before_the_evaluation(trained, tmp_pa
 
 def test_unwritable_evaluate_out_is_refused_before_the_evaluation(trained, tmp_path, capsys, monkeypatch):
     """(As root, too: a folder that cannot be made because a file stands in its way.)"""
-    import lmpref.eval_steps
+    import lmpref.steps.evaluate
 
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(lmpref.eval_steps, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(
+        lmpref.steps.evaluate, "step_evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out")
+    )
     assert main(["evaluate", *TINY, "--policy", str(trained), "--out", str(tmp_path / "file" / "eval.json")]) == 2
     assert "cannot write in" in _one_clean_line(capsys)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lmpref.config import make_config
-from lmpref.models import PolicyWithValue, RewardModel, load_causal_lm, load_tokenizer
-from lmpref.ppo import train_policy
-from lmpref.reward import Label, accuracy, train_reward
-from lmpref.tasks import Query
+from lmpref.core.loading import load_causal_lm, load_tokenizer
+from lmpref.core.models import PolicyWithValue
+from lmpref.core.ppo import train_policy
+from lmpref.core.reward import Choice, RewardModel, accuracy, train_reward
+from lmpref.records import TaskQuery
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,28 @@ def _small_vocab_policy(vocab: int):
     dozen updates, so the test shows learning in seconds."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return PolicyWithValue(GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, n_positions=64)))
+    return PolicyWithValue(
+        GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, n_positions=64))
+    )
 
 
 def test_ppo_raises_reward_with_kl_near_target():
     torch.manual_seed(0)
     vocab = 16
-    cfg = make_config("test", "tiny", {"ppo.total_episodes": 32 * 30, "ppo.batch_size": 32, "ppo.minibatches": 2,
-                                       "ppo.lr": 3e-3, "ppo.kl_coef": 0.05, "ppo.kl_target": 3.0, "ppo.kl_horizon": 500,
-                                       "task.query_length": 6})
+    cfg = make_config(
+        "test",
+        "tiny",
+        {
+            "ppo.total_episodes": 32 * 30,
+            "ppo.batch_size": 32,
+            "ppo.minibatches": 2,
+            "ppo.lr": 3e-3,
+            "ppo.kl_coef": 0.05,
+            "ppo.kl_target": 3.0,
+            "ppo.kl_horizon": 500,
+            "task.query_length": 6,
+        },
+    )
     policy = _small_vocab_policy(vocab)
     ref = PolicyWithValue(policy.lm.__class__(policy.lm.config)).eval().requires_grad_(False)
     ref.lm.load_state_dict(policy.lm.state_dict())
@@ -46,10 +60,20 @@ def test_ppo_raises_reward_with_kl_near_target():
         return (ids[:, -R:] < vocab // 2).float().mean(1) * 2 - 1
 
     rng = random.Random(0)
-    queries = [Query(id=str(i), text="", ids=[rng.randrange(1, vocab) for _ in range(6)]) for i in range(64)]
+    queries = [TaskQuery(id=str(i), text="", ids=[rng.randrange(1, vocab) for _ in range(6)]) for i in range(64)]
     stats = []
-    train_policy(policy, ref, reward_fn, _IdTokenizer(), lambda update, n: rng.sample(queries, n), cfg.ppo, cfg.task,
-                 seed=0, device=torch.device("cpu"), log=stats.append)
+    train_policy(
+        policy,
+        ref,
+        reward_fn,
+        _IdTokenizer(),
+        lambda update, n: rng.sample(queries, n),
+        cfg.ppo,
+        cfg.task,
+        seed=0,
+        device=torch.device("cpu"),
+        log=stats.append,
+    )
     scores = [s["objective/scores"] for s in stats]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert last > first + 0.3, f"reward did not rise: {scores}"
@@ -69,20 +93,22 @@ def test_reward_model_beats_chance_on_synthetic_labels(tok):
         return [rng.choice(good if rng.random() < rng.random() else bad) for _ in range(6)]
 
     labels = []
-    for i in range(320):
+    for _ in range(320):
         responses = [response() for _ in range(4)]
         counts = [sum(t in good for t in r) for r in responses]
         if counts.count(max(counts)) > 1:
             continue  # keep labels with a clear best
-        labels.append(Label([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
-    cfg = make_config("test", "tiny", {"reward.lr": 1e-3, "reward.epochs": 4, "reward.batch_size": 8, "reward.holdout_fraction": 0.2})
+        labels.append(Choice([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
+    cfg = make_config(
+        "test", "tiny", {"reward.lr": 1e-3, "reward.epochs": 4, "reward.batch_size": 8, "reward.holdout_fraction": 0.2}
+    )
     rm = RewardModel.from_lm("tiny-gpt2")
-    norm_pairs = [(l.query_ids, r) for l in labels[:16] for r in l.response_ids]
+    norm_pairs = [(lab.query_ids, r) for lab in labels[:16] for r in lab.response_ids]
     m = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=0)
     assert m["chance"] == pytest.approx(0.25)
     assert m["accuracy_after"] > 0.5 > m["accuracy_before"], m
     # normalised after training: mean 0, std 1 on the normalisation samples
-    from lmpref.reward import score_pairs
+    from lmpref.core.reward import score_pairs
 
     r = score_pairs(rm, norm_pairs, tok.pad_token_id)
     assert abs(r.mean().item()) < 1e-4 and abs(r.std().item() - 1) < 1e-3
@@ -92,7 +118,7 @@ def test_reward_model_beats_chance_on_synthetic_labels(tok):
 def test_prompted_head_only_reward_model_beats_chance_and_l2sp_holds_it_at_its_prior(tok, tmp_path):
     """The small scale's reward model: a template after the response, the head started from the LM's
     unembedding of two words, only the head trained (features computed once), L2-SP toward the start."""
-    from lmpref.pipeline import new_reward_model
+    from lmpref.steps.train import new_reward_model
 
     torch.manual_seed(0)
     rng = random.Random(1)
@@ -102,10 +128,17 @@ def test_prompted_head_only_reward_model_beats_chance_and_l2sp_holds_it_at_its_p
         responses = [[rng.choice(good if rng.random() < rng.random() else bad) for _ in range(6)] for _ in range(4)]
         counts = [sum(t in good for t in r) for r in responses]
         if counts.count(max(counts)) == 1:
-            labels.append(Label([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
-    overrides = {"model.name": "tiny-gpt2", "reward.lr": 3e-2, "reward.epochs": 20, "reward.holdout_fraction": 0.25,
-                 "reward.trainable_layers": 0, "reward.pooling": "mean", "reward.template": " Overall it is",
-                 "reward.verbalizer": " good| bad"}
+            labels.append(Choice([rng.randrange(5000) for _ in range(4)], responses, counts.index(max(counts))))
+    overrides = {
+        "model.name": "tiny-gpt2",
+        "reward.lr": 3e-2,
+        "reward.epochs": 20,
+        "reward.holdout_fraction": 0.25,
+        "reward.trainable_layers": 0,
+        "reward.pooling": "mean",
+        "reward.template": " Overall it is",
+        "reward.verbalizer": " good| bad",
+    }
     cfg = make_config("test", "tiny", overrides)
     rm = new_reward_model(cfg, "tiny-gpt2", tok, "cpu")
     a, b = tok.encode(" good")[0], tok.encode(" bad")[0]
@@ -113,25 +146,36 @@ def test_prompted_head_only_reward_model_beats_chance_and_l2sp_holds_it_at_its_p
     torch.testing.assert_close(rm.clf.score.weight[0], unembed[a] - unembed[b])  # the verbalizer prior
     assert rm.template.tolist() == tok.encode(" Overall it is")
     assert not any(p.requires_grad for n, p in rm.named_parameters() if not n.startswith("clf.score"))
-    norm_pairs = [(l.query_ids, r) for l in labels[:16] for r in l.response_ids]
+    norm_pairs = [(lab.query_ids, r) for lab in labels[:16] for r in lab.response_ids]
     m = train_reward(rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=0)
-    assert m["n_heldout"] >= 60 and m["accuracy_after"] > m["chance"] + 0.25 and m["accuracy_after"] > m["accuracy_before"], m
+    assert (
+        m["n_heldout"] >= 60 and m["accuracy_after"] > m["chance"] + 0.25 and m["accuracy_after"] > m["accuracy_before"]
+    ), m
     rm.save(tmp_path / "rm")
     loaded = RewardModel.load(tmp_path / "rm")
     assert loaded.template.tolist() == rm.template.tolist() and loaded.pooling == "mean"
     held = labels[-20:]
     assert accuracy(loaded, held, tok.pad_token_id) == accuracy(rm, held, tok.pad_token_id)
     # A strong L2-SP keeps the head where it started: same prior, (almost) no movement.
-    strong = new_reward_model(make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}), "tiny-gpt2", tok, "cpu")
+    strong = new_reward_model(
+        make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}), "tiny-gpt2", tok, "cpu"
+    )
     w0 = strong.clf.score.weight.detach().clone()
-    train_reward(strong, labels, norm_pairs, make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}).reward, pad_id=tok.pad_token_id, seed=0)
+    train_reward(
+        strong,
+        labels,
+        norm_pairs,
+        make_config("test", "tiny", {**overrides, "reward.weight_decay": 1e4}).reward,
+        pad_id=tok.pad_token_id,
+        seed=0,
+    )
     moved_strong = (strong.clf.score.weight - w0).norm().item()
     moved_free = (rm.clf.score.weight - w0).norm().item()
     assert moved_strong < 0.1 * moved_free, (moved_strong, moved_free)
 
 
 def test_append_after_writes_the_template_after_each_cut_response():
-    from lmpref.models import append_after
+    from lmpref.core.models import append_after
 
     ids = torch.tensor([[0, 5, 6, 7, 8], [4, 5, 6, 7, 8]])
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])

@@ -1,7 +1,7 @@
 import pytest
 from rouge_score import rouge_scorer
 
-from lmpref.metrics import (
+from lmpref.eval.metrics import (
     bigram_lcs,
     copied_pct,
     copy_start,
@@ -11,11 +11,10 @@ from lmpref.metrics import (
     novel_ngram_pct,
     novel_sentence_pct,
     rouge,
-    split_sentences,
     summary_eval,
     summary_stats,
-    words,
 )
+from lmpref.text import split_sentences, words
 
 # ---------------------------------------------------------------- words and sentences
 

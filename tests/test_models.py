@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from lmpref.models import PolicyWithValue, RewardModel, freeze_lower_layers, load_causal_lm, load_tokenizer, transformer_blocks
-from lmpref.sampling import logprobs_of, pad_left
+from lmpref.core.batching import pad_left
+from lmpref.core.loading import load_causal_lm, load_tokenizer
+from lmpref.core.models import PolicyWithValue, freeze_lower_layers, transformer_blocks
+from lmpref.core.reward import RewardModel
+from lmpref.core.sampling import logprobs_of
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmpref.ppo import AdamTF, AdaptiveKLController, gae, kl_shaped_rewards, ppo_losses, whiten
+from lmpref.core.ppo import AdamTF, AdaptiveKLController, gae, kl_shaped_rewards, ppo_losses, whiten
 
 
 def test_gae_by_hand():

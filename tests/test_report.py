@@ -6,12 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from lmpref.evaluate import human_accuracy
-from lmpref.report import copy_ranges, copy_strip_svg, highlight, line_plot_svg, scatter_svg, write_report
+from lmpref.eval.plots import copy_strip_svg, line_plot_svg, scatter_svg
+from lmpref.eval.report import copy_ranges, highlight, write_report
+from lmpref.eval.winrate import human_accuracy
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -37,8 +44,9 @@ def test_line_plot_draws_each_series_and_drops_nan():
 
 
 def test_scatter_and_strip():
-    svg = scatter_svg([("lead-3", 0.0, 40.0), ("policy", 10.0, 30.0), ("bad", None, 1.0)],
-                      title="s", xlabel="x", ylabel="y")
+    svg = scatter_svg(
+        [("lead-3", 0.0, 40.0), ("policy", 10.0, 30.0), ("bad", None, 1.0)], title="s", xlabel="x", ylabel="y"
+    )
     assert svg.count("<circle") == 2 and "lead-3" in svg
     assert copy_strip_svg(10, [0, 9], label="l").count('class="tick"') == 2
 
@@ -50,31 +58,77 @@ def make_run(run: Path) -> None:
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "metrics.jsonl", "w") as f:
         for step in range(30):
-            row = {"step": step, "objective/scores": 0.1 * step, "objective/kl": 0.3 * step,
-                   "objective/kl_coef": 0.1, "ppo/policy/clipfrac": 0.01 * (step % 7)}
+            row = {
+                "step": step,
+                "objective/scores": 0.1 * step,
+                "objective/kl": 0.3 * step,
+                "objective/kl_coef": 0.1,
+                "ppo/policy/clipfrac": 0.01 * (step % 7),
+            }
             if step % 10 == 0:
                 row["eval/win_rate"] = 0.5 + step / 100
             f.write(json.dumps(row) + "\n")
         f.write("not json\n")
-    query = ("Article:\n\nThe storm hit the coast on Monday night. Thousands lost power, officials said. "
-             "Schools will stay closed.\n\nTL;DR:")
+    query = (
+        "Article:\n\nThe storm hit the coast on Monday night. Thousands lost power, officials said. "
+        "Schools will stay closed.\n\nTL;DR:"
+    )
     samples = [
-        {"query": query, "ref_response": " <script>alert('x')</script> storms & power",
-         "policy_response": " The storm hit the coast on Monday night. Thousands lost power.",
-         "policy_score": 1.5, "ref_score": -0.5},
-        {"query": "Hi all. My cat ran away.\n\nTL;DR:", "ref_response": " cat gone", "policy_response": " My cat ran away."},
+        {
+            "query": query,
+            "ref_response": " <script>alert('x')</script> storms & power",
+            "policy_response": " The storm hit the coast on Monday night. Thousands lost power.",
+            "policy_score": 1.5,
+            "ref_score": -0.5,
+        },
+        {
+            "query": "Hi all. My cat ran away.\n\nTL;DR:",
+            "ref_response": " cat gone",
+            "policy_response": " My cat ran away.",
+        },
     ]
     # people's accuracy ratings as `lmpref evaluate --read-human` saves them
     ratings = [{"policy": "policy", "rating": r} for r in ("accurate", "inaccurate", "accurate")]
     ratings += [{"policy": "ref", "rating": r} for r in ("accurate", "unsure", "inaccurate", "inaccurate")]
-    (run / "eval.json").write_text(json.dumps({
-        "win_rate": 0.64, "win_rate_ci": [0.57, 0.71], "n_comparisons": 200,
-        "mean_reward": {"policy": 1.2, "ref": -0.1}, "kl": 8.3, "samples": samples,
-        "human_accuracy": human_accuracy(ratings), "human_run": "eval-run"}))
-    (run / "summary_eval.json").write_text(json.dumps({"task": "cnndm", "n_documents": 2, "policies": {
-        "lead-3": {"n": 2, "rouge1": 40.1, "rougeLsum": 36.2, "novel_2grams": 0.0, "copies_from_start": 100.0},
-        "ref": {"n": 2, "rouge1": 30.5, "rougeLsum": 27.0, "novel_2grams": 45.0, "copies_from_start": 5.0},
-        "policy": {"n": 2, "rouge1": 38.0, "rougeLsum": 33.3, "novel_2grams": 8.0, "copies_from_start": 80.0}}}))
+    (run / "eval.json").write_text(
+        json.dumps(
+            {
+                "win_rate": 0.64,
+                "win_rate_ci": [0.57, 0.71],
+                "n_comparisons": 200,
+                "mean_reward": {"policy": 1.2, "ref": -0.1},
+                "kl": 8.3,
+                "samples": samples,
+                "human_accuracy": human_accuracy(ratings),
+                "human_run": "eval-run",
+            }
+        )
+    )
+    (run / "summary_eval.json").write_text(
+        json.dumps(
+            {
+                "task": "cnndm",
+                "n_documents": 2,
+                "policies": {
+                    "lead-3": {
+                        "n": 2,
+                        "rouge1": 40.1,
+                        "rougeLsum": 36.2,
+                        "novel_2grams": 0.0,
+                        "copies_from_start": 100.0,
+                    },
+                    "ref": {"n": 2, "rouge1": 30.5, "rougeLsum": 27.0, "novel_2grams": 45.0, "copies_from_start": 5.0},
+                    "policy": {
+                        "n": 2,
+                        "rouge1": 38.0,
+                        "rougeLsum": 33.3,
+                        "novel_2grams": 8.0,
+                        "copies_from_start": 80.0,
+                    },
+                },
+            }
+        )
+    )
 
 
 def test_report_from_a_full_run(tmp_path):
@@ -128,7 +182,8 @@ def test_report_renders_in_chromium(tmp_path):
             page.goto(path.as_uri())
             sizes = page.evaluate(
                 "[...document.querySelectorAll('svg')].map(s => {const r = s.getBoundingClientRect();"
-                " return [r.width, r.height]})")
+                " return [r.width, r.height]})"
+            )
             png = page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:
             browser.close()

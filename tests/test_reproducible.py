@@ -40,5 +40,22 @@ def test_one_seed_one_run_another_seed_another(tmp_path):
     assert (a / "eval.json").read_text().replace(str(a), "RUN") == (b / "eval.json").read_text().replace(str(b), "RUN")
     # a different seed really changes the samples (else the checks above could not fail)
     other = tmp_path / "seed1.jsonl"
-    assert main(["sample", "--preset", "test", "--scale", "tiny", "--run-dir", str(tmp_path / "c"), "--seed", "1", "--out", str(other)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--preset",
+                "test",
+                "--scale",
+                "tiny",
+                "--run-dir",
+                str(tmp_path / "c"),
+                "--seed",
+                "1",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert (a / "samples.jsonl").read_text() != other.read_text()

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from lmpref.core.reward import Choice, batch_sequences, best_of_k_loss, read_labels, split_labels
 from lmpref.io import DataError
-from lmpref.reward import Label, batch_sequences, best_of_k_loss, read_labels, split_labels
-from lmpref.summarization import read_tldr_comparisons
+from lmpref.tasks.summarization import read_tldr_comparisons
 
 
 def test_best_of_k_loss_by_hand():
@@ -54,24 +54,37 @@ def _write(tmp_path, lines, name="labels.jsonl"):
 
 
 def test_read_labels_ours_and_openai(tmp_path):
-    ours = _write(tmp_path, [json.dumps({"query": "ab", "responses": ["c", "d", "e"], "best": 2}),
-                             json.dumps({"query": "ab", "responses": ["c", "d"], "best": 0, "tie": True})])
+    ours = _write(
+        tmp_path,
+        [
+            json.dumps({"query": "ab", "responses": ["c", "d", "e"], "best": 2}),
+            json.dumps({"query": "ab", "responses": ["c", "d"], "best": 0, "tie": True}),
+        ],
+    )
     labels = read_labels(ours, _Tok())
     assert len(labels) == 1 and labels[0].best == 2 and labels[0].response_ids[2] == [ord("e") % 100]
     openai = tmp_path / "offline_5k.json"
-    openai.write_text(json.dumps([{"query": [1, 2], "sample0": [3], "sample1": [4], "sample2": [5], "sample3": [6], "best": 3}]))
+    openai.write_text(
+        json.dumps([{"query": [1, 2], "sample0": [3], "sample1": [4], "sample2": [5], "sample3": [6], "best": 3}])
+    )
     (label,) = read_labels(openai, _Tok())
     assert label.query_ids == [1, 2] and label.response_ids == [[3], [4], [5], [6]] and label.best == 3
 
 
-@pytest.mark.parametrize("line, message", [
-    ("not json", "not valid JSON"),
-    (json.dumps({"query": "a", "responses": ["b", "c"], "best": 5}), "'best' must be an integer index"),
-    (json.dumps({"query": "a", "responses": ["b"], "best": 0}), "at least 2 responses"),
-    (json.dumps({"responses": ["b", "c"], "best": 0}), "missing 'query'"),
-    (json.dumps({"query": [1], "sample0": [1000], "sample1": [2], "best": 0}), "out of range"),
-    (json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": {"post": 1}}), "'doc_id' must be a string"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", "not valid JSON"),
+        (json.dumps({"query": "a", "responses": ["b", "c"], "best": 5}), "'best' must be an integer index"),
+        (json.dumps({"query": "a", "responses": ["b"], "best": 0}), "at least 2 responses"),
+        (json.dumps({"responses": ["b", "c"], "best": 0}), "missing 'query'"),
+        (json.dumps({"query": [1], "sample0": [1000], "sample1": [2], "best": 0}), "out of range"),
+        (
+            json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": {"post": 1}}),
+            "'doc_id' must be a string",
+        ),
+    ],
+)
 def test_read_labels_malformed_file_names_the_line(tmp_path, line, message):
     p = _write(tmp_path, [json.dumps({"query": "a", "responses": ["b", "c"], "best": 0}), line])
     with pytest.raises(DataError, match=message) as e:
@@ -80,21 +93,46 @@ def test_read_labels_malformed_file_names_the_line(tmp_path, line, message):
 
 
 def test_read_labels_keep_the_document_of_each_label(tmp_path):
-    p = _write(tmp_path, [json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": "post-1"}),
-                          json.dumps({"query": "a", "responses": ["b", "c"], "best": 1, "doc_id": 7}),
-                          json.dumps({"query": "a", "responses": ["b", "c"], "best": 1})])
+    p = _write(
+        tmp_path,
+        [
+            json.dumps({"query": "a", "responses": ["b", "c"], "best": 0, "doc_id": "post-1"}),
+            json.dumps({"query": "a", "responses": ["b", "c"], "best": 1, "doc_id": 7}),
+            json.dumps({"query": "a", "responses": ["b", "c"], "best": 1}),
+        ],
+    )
     assert [label.doc_id for label in read_labels(p, _Tok())] == ["post-1", "7", None]
 
 
 # ---------------------------------------------------------------- the hold-out split
 
 # 20 comparisons of 12 posts, in file order: p0 is compared 4 times, p1 and p2 3 times, p3 twice.
-POSTS = ["p0", "p4", "p1", "p0", "p5", "p2", "p1", "p6", "p0", "p3",
-         "p7", "p2", "p8", "p1", "p9", "p3", "p10", "p0", "p2", "p11"]
+POSTS = [
+    "p0",
+    "p4",
+    "p1",
+    "p0",
+    "p5",
+    "p2",
+    "p1",
+    "p6",
+    "p0",
+    "p3",
+    "p7",
+    "p2",
+    "p8",
+    "p1",
+    "p9",
+    "p3",
+    "p10",
+    "p0",
+    "p2",
+    "p11",
+]
 
 
 def _labels(doc_ids):
-    return [Label([1], [[2], [3]], 0, doc_id) for doc_id in doc_ids]
+    return [Choice([1], [[2], [3]], 0, doc_id) for doc_id in doc_ids]
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
@@ -125,7 +163,7 @@ def test_split_is_a_function_of_the_seed():
 
 def test_shipped_human_comparisons_split_by_post():
     records = read_tldr_comparisons()
-    labels = [Label([0], [[0], [0]], r["best"], r["doc_id"]) for r in records]
+    labels = [Choice([0], [[0], [0]], r["best"], r["doc_id"]) for r in records]
     train, heldout = split_labels(labels, 0.2, seed=0)
     assert not {label.doc_id for label in train} & {label.doc_id for label in heldout}
     assert abs(len(heldout) - round(0.2 * 929)) <= 3  # the largest post has 7 comparisons

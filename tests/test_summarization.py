@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from lmpref.core.responses import truncate_response
 from lmpref.io import DataError
-from lmpref.summarization import (
+from lmpref.tasks.summarization import (
     SummaryExample,
     clean_cnndm_article,
     cut_to_tokens,
@@ -14,7 +15,6 @@ from lmpref.summarization import (
     load_tldr,
     read_tldr_comparisons,
 )
-from lmpref.tasks import truncate_response
 
 
 def truncate_at_stop_token(ids, stop, after):
@@ -97,8 +97,11 @@ def test_format_query_matches_the_paper():
 @pytest.mark.parametrize(
     "raw, clean",
     [
-        ("By . John Smith . PUBLISHED: . 12:01 EST, 1 January 2013 . | . UPDATED: . 14:02 EST, "
-         "1 January 2013 . The body starts here.", "The body starts here."),
+        (
+            "By . John Smith . PUBLISHED: . 12:01 EST, 1 January 2013 . | . UPDATED: . 14:02 EST, "
+            "1 January 2013 . The body starts here.",
+            "The body starts here.",
+        ),
         ("By . Daily Mail Reporter . PUBLISHED: . 09:24 EST, 1 December 2013 . The body.", "The body."),
         ("By . Sam Webb and . Tom Jones . The body starts.", "The body starts."),
         ("By\nSam Webb\n\nThe body.", "The body."),

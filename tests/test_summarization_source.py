@@ -3,7 +3,8 @@
 import pytest
 
 from lmpref.config import ConfigError, make_config
-from lmpref.summarization import (
+from lmpref.tasks import make_query_source
+from lmpref.tasks.summarization import (
     CNNDM_PREFIX,
     TLDR_SUFFIX,
     SummarizationSource,
@@ -11,7 +12,6 @@ from lmpref.summarization import (
     in_eval_split,
     query_token_ids,
 )
-from lmpref.tasks import make_query_source
 
 
 class WordTokenizer:
@@ -52,7 +52,7 @@ def test_split_is_a_fixed_function_of_the_id():
 
 @pytest.fixture(scope="module")
 def tok():
-    from lmpref.models import load_tokenizer
+    from lmpref.core.loading import load_tokenizer
 
     return load_tokenizer("tiny-gpt2")
 
@@ -76,8 +76,10 @@ def test_cnndm_source_with_a_real_tokenizer(tok):
 
 def test_user_jsonl_is_a_summarization_source(tok, tmp_path):
     path = tmp_path / "mine.jsonl"
-    path.write_text('{"id": "a", "post": "I lost my keys.\\nThen I found them.", "reference": "keys found"}\n'
-                    '{"id": "b", "post": "My cat sleeps all day.", "reference": "lazy cat"}\n')
+    path.write_text(
+        '{"id": "a", "post": "I lost my keys.\\nThen I found them.", "reference": "keys found"}\n'
+        '{"id": "b", "post": "My cat sleeps all day.", "reference": "lazy cat"}\n'
+    )
     cfg = make_config("tldr", "tiny", {"task.query_dataset": str(path), "task.holdout_fraction": 0.0})
     (q1, q2) = sorted(make_query_source(tok, cfg.task, "train").sample(2, 0), key=lambda q: q.id)
     assert q1.text == "I lost my keys.\nThen I found them." + TLDR_SUFFIX and q1.extra["reference"] == "keys found"

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lmpref.labelers import choose, label_records, make_labeler
+from lmpref.eval.labelers import choose, label_records, make_labeler
 
 QUERY = "Article:\n\nThe cat sat on the mat. It was happy.\n\nTL;DR:"
 
@@ -28,8 +28,13 @@ def test_rouge_prefers_the_summary_closer_to_the_reference():
 
 
 def test_labels_pass_the_reference_and_use_the_noise_model():
-    rec = {"id": "q", "query": QUERY, "responses": [" a dog", " the cat was happy"], "valid": [True, True],
-           "reference": "The cat was happy."}
+    rec = {
+        "id": "q",
+        "query": QUERY,
+        "responses": [" a dog", " the cat was happy"],
+        "valid": [True, True],
+        "reference": "The cat was happy.",
+    }
     labels = label_records([rec] * 200, make_labeler("rouge"), temperature=0.0, seed=0)
     assert all(lab["best"] == 1 for lab in labels)
     # With noise the worse summary is sometimes picked, as often as exp(-gap / T) says.

@@ -3,9 +3,8 @@
 import torch
 
 from lmpref.config import make_config
-from lmpref.ppo import apply_penalty
-from lmpref.sampling import pad_left, postprocess
-from lmpref.tasks import truncate_response
+from lmpref.core.batching import pad_left
+from lmpref.core.responses import apply_penalty, postprocess, truncate_response
 
 
 def test_truncate_at_first_token_at_or_after_index():

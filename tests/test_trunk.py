@@ -6,9 +6,12 @@ import copy
 import pytest
 import torch
 
-from lmpref.models import PolicyWithValue, RewardModel, freeze_lower_layers, from_depth, load_causal_lm, lower_hidden, transformer_blocks
-from lmpref.sampling import cat_query_response, logprobs_of, pad_left
-from lmpref.trunk import sample, shared_depth
+from lmpref.core.batching import pad_left
+from lmpref.core.loading import load_causal_lm
+from lmpref.core.models import PolicyWithValue, freeze_lower_layers, from_depth, lower_hidden, transformer_blocks
+from lmpref.core.reward import RewardModel
+from lmpref.core.sampling import cat_query_response, logprobs_of
+from lmpref.core.trunk import sample, shared_depth
 
 R, T = 5, 0.7
 
@@ -17,8 +20,18 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -113,7 +126,9 @@ def test_sampling_pass_keeps_logprobs_values_and_hidden_states(kind, k):
         policy.value_head.weight.normal_()  # a value head that reads something
     qids, qmask = _queries(policy.lm.config.vocab_size)
     torch.manual_seed(0)
-    s = sample(policy.lm, qids, qmask, k=k, response_length=R, temperature=T, depths=(F, 1), value_head=policy.value_head)
+    s = sample(
+        policy.lm, qids, qmask, k=k, response_length=R, temperature=T, depths=(F, 1), value_head=policy.value_head
+    )
     N = 3 * k
     assert s.responses.shape == (N, R) and s.query_ids.shape == (N, qids.shape[1])
     torch.testing.assert_close(s.query_ids[::k], qids)
@@ -128,7 +143,9 @@ def test_sampling_pass_keeps_logprobs_values_and_hidden_states(kind, k):
     real = mask.bool()
     torch.testing.assert_close(s.hidden[F][real], h[real], atol=1e-4, rtol=1e-4)
     h1 = lower_hidden(ref.lm, ids, mask, 1)
-    torch.testing.assert_close(s.hidden[1][real], h1[real], atol=1e-4, rtol=1e-4)  # a second depth kept in the same pass
+    torch.testing.assert_close(
+        s.hidden[1][real], h1[real], atol=1e-4, rtol=1e-4
+    )  # a second depth kept in the same pass
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -159,7 +176,7 @@ def test_reward_model_on_shared_hidden_equals_its_full_forward(kind, pooling, tm
 
 
 def test_mean_pooling_reads_only_the_response():
-    from lmpref.models import pool_response
+    from lmpref.core.models import pool_response
 
     h = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)  # (B=2, T=5, D=1): values 0..4, 5..9
     last = torch.tensor([3, 4])
@@ -180,8 +197,8 @@ def test_rollout_and_ppo_update_on_the_shared_trunk_equal_the_full_forwards(kind
     from types import SimpleNamespace
 
     from lmpref.config import PPOConfig, TaskConfig
-    from lmpref.ppo import Rollout, make_optimizer, ppo_update, rollout
-    from lmpref.trunk import plan
+    from lmpref.core.ppo import Rollout, make_optimizer, ppo_update, rollout
+    from lmpref.core.trunk import plan
 
     policy, ref = _pair(kind, trainable=1)
     policy.lm.save_pretrained(tmp_path / "base")  # the reward model's trunk: ρ's lower blocks, as the policy's

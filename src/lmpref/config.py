@@ -163,7 +163,7 @@ class PPOConfig:
     mixed_precision: str = "no"
     """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
     shared_trunk: bool = True
-    """Compute the frozen lower blocks once per rollout sequence (in the sampling pass) and run only the upper ones for ρ, the reward model and every PPO epoch (one process; lmpref.trunk); false = full forwards (same result, slower)."""
+    """Compute the frozen lower blocks once per rollout sequence (in the sampling pass) and run only the upper ones for ρ, the reward model and every PPO epoch (one process; lmpref.core.trunk); false = full forwards (same result, slower)."""
     fast_sampling: str = "auto"
     """on | off | auto (CUDA): sample on a static KV cache and keep the policy's log-probs and values from that pass."""
     compile: str = "off"
@@ -268,10 +268,16 @@ class RunConfig:
             raise ConfigError(f"minibatch size {mb} must be divisible by ppo.micro_batch_size={p.micro_batch_size}")
         if p.total_episodes < p.batch_size:
             raise ConfigError(f"ppo.total_episodes={p.total_episodes} is smaller than one batch ({p.batch_size})")
-        if self.reward.verbalizer and (self.reward.verbalizer.count("|") != 1 or not all(self.reward.verbalizer.split("|"))):
-            raise ConfigError(f"reward.verbalizer={self.reward.verbalizer!r}: write two words as 'A|B', e.g. ' positive| negative'")
+        if self.reward.verbalizer and (
+            self.reward.verbalizer.count("|") != 1 or not all(self.reward.verbalizer.split("|"))
+        ):
+            raise ConfigError(
+                f"reward.verbalizer={self.reward.verbalizer!r}: write two words as 'A|B', e.g. ' positive| negative'"
+            )
         if self.reward.verbalizer and self.reward.layers:
-            raise ConfigError("reward.verbalizer reads the LM's unembedding, which needs the whole trunk: set reward.layers=0")
+            raise ConfigError(
+                "reward.verbalizer reads the LM's unembedding, which needs the whole trunk: set reward.layers=0"
+            )
         if self.reward.pooling not in ("last", "mean"):
             raise ConfigError(f"reward.pooling={self.reward.pooling!r}: choose 'last' or 'mean'")
         if self.reward.layers < 0:
@@ -283,7 +289,9 @@ class RunConfig:
         if self.task.temperature <= 0:
             raise ConfigError("task.temperature must be > 0")
         if p.micro_batch_size < -1:
-            raise ConfigError(f"ppo.micro_batch_size={p.micro_batch_size}: use a size, 0 (whole minibatch) or -1 (fit to memory)")
+            raise ConfigError(
+                f"ppo.micro_batch_size={p.micro_batch_size}: use a size, 0 (whole minibatch) or -1 (fit to memory)"
+            )
         if p.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"ppo.mixed_precision={p.mixed_precision!r}: use no or bf16")
         for name in ("fast_sampling", "compile", "fused_adam"):
@@ -295,15 +303,25 @@ class RunConfig:
         if e.mode not in ("offline", "online", "batched"):
             raise ConfigError(f"experiment.mode={e.mode!r}: use offline, online or batched")
         if e.rounds < 0 or (e.mode == "offline" and e.num_rounds() != 1):
-            raise ConfigError(f"experiment.rounds={e.rounds}: offline mode has exactly 1 round; others need >= 1 (0 = default)")
+            raise ConfigError(
+                f"experiment.rounds={e.rounds}: offline mode has exactly 1 round; others need >= 1 (0 = default)"
+            )
         if (e.labels or self.sample.num_queries) < e.num_rounds():
-            raise ConfigError(f"experiment.labels={e.labels or self.sample.num_queries} is fewer than one per round ({e.num_rounds()} rounds)")
+            raise ConfigError(
+                f"experiment.labels={e.labels or self.sample.num_queries} is fewer than one per round "
+                f"({e.num_rounds()} rounds)"
+            )
         if not 0 <= e.validation_share < 1 or (e.validation_share and self.sample.k % 2):
-            raise ConfigError("experiment.validation_share must lie in [0, 1), and validation needs an even sample.k (k/2 from rho, k/2 from the policy)")
+            raise ConfigError(
+                "experiment.validation_share must lie in [0, 1), and validation needs an even sample.k (k/2 from rho, "
+                "k/2 from the policy)"
+            )
         if e.schedule_power <= 0 or e.poll_seconds <= 0 or not 1 <= e.redundancy <= 100:
             raise ConfigError("experiment.schedule_power and poll_seconds must be > 0 and experiment.redundancy 1-100")
         if e.enqueue_every < 0:
-            raise ConfigError(f"experiment.enqueue_every={e.enqueue_every}: enqueue after every N >= 1 PPO updates, or 0 (derived)")
+            raise ConfigError(
+                f"experiment.enqueue_every={e.enqueue_every}: enqueue after every N >= 1 PPO updates, or 0 (derived)"
+            )
 
 
 def _field_names(cls) -> list[str]:
@@ -346,14 +364,19 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> No
                 current = getattr(obj, part)
                 if dataclasses.is_dataclass(current):
                     if not isinstance(value, dict):
-                        raise ConfigError(f"{prefix}{key} is a section; set one of its fields, e.g. {key}.{_field_names(type(current))[0]}")
+                        raise ConfigError(
+                            f"{prefix}{key} is a section; set one of its fields, e.g. "
+                            f"{key}.{_field_names(type(current))[0]}"
+                        )
                     apply_overrides(current, value, prefix=f"{prefix}{key}.")
                 else:
                     setattr(obj, part, _coerce(value, current, prefix + key))
             else:
                 obj = getattr(obj, part)
                 if not dataclasses.is_dataclass(obj):
-                    raise ConfigError(f"unknown config key {prefix}{key!r}: {'.'.join(parts[:i + 1])} is not a section")
+                    raise ConfigError(
+                        f"unknown config key {prefix}{key!r}: {'.'.join(parts[: i + 1])} is not a section"
+                    )
 
 
 def preset_names() -> list[str]:
@@ -367,7 +390,9 @@ def load_preset(name: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     res = resources.files("lmpref.presets") / f"{name}.toml"
     if not res.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a .toml file)")
+        raise ConfigError(
+            f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a .toml file)"
+        )
     return tomllib.loads(res.read_text())
 
 
@@ -396,13 +421,6 @@ def make_config(preset: str = "sentiment", scale: str = "small", overrides: dict
     return cfg
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig saved as JSON (`config.json` in a run directory)."""
-    cfg = RunConfig()
-    apply_overrides(cfg, data)
-    return cfg
-
-
 def save_config(cfg: RunConfig, path: Path) -> None:
     from lmpref.io import atomic_write_text
 
@@ -410,8 +428,18 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 # Fields that change how a run is computed or stored, never what it computes: a resume may change them.
-RESUME_FREE = {"run_dir", "model.cache_dir", "model.attn_implementation", "ppo.checkpoint_every", "ppo.micro_batch_size",
-               "ppo.fast_sampling", "ppo.compile", "ppo.fused_adam", "sample.batch_size", "experiment.poll_seconds"}
+RESUME_FREE = {
+    "run_dir",
+    "model.cache_dir",
+    "model.attn_implementation",
+    "ppo.checkpoint_every",
+    "ppo.micro_batch_size",
+    "ppo.fast_sampling",
+    "ppo.compile",
+    "ppo.fused_adam",
+    "sample.batch_size",
+    "experiment.poll_seconds",
+}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -434,6 +462,10 @@ def check_resume(cfg: RunConfig, path: Path, allow: bool = False) -> None:
     now = _flat(cfg.to_dict())
     changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_FREE and saved.get(k) != now.get(k))
     if changed and not allow:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8]) + (" ..." if len(changed) > 8 else "")
-        raise ConfigError(f"--resume with a config that differs from the run's {path} in {shown}; "
-                          "resume with the run's own settings, choose a new --run-dir, or pass --allow-config-change")
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8]) + (
+            " ..." if len(changed) > 8 else ""
+        )
+        raise ConfigError(
+            f"--resume with a config that differs from the run's {path} in {shown}; "
+            "resume with the run's own settings, choose a new --run-dir, or pass --allow-config-change"
+        )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +40,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Write a folder whole: yields a temporary path beside `path` (not yet created) to write into;
+    when the block ends without error, `path` is replaced by it in one rename. An error removes the
+    temporary folder; a kill leaves the old folder or the new one (and a stale temporary folder that
+    the next write clears), never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
@@ -63,14 +84,18 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                "save the file as UTF-8") from None
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             yield lineno, rec
@@ -91,8 +116,10 @@ def read_json_or_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         for i, r in enumerate(data):
             if not isinstance(r, dict):
-                raise DataError(f"{path}: item {i + 1} of the list is a {type(r).__name__}, not a label object "
-                                "({query, responses, best} or OpenAI's {query, sample0..3, best}); write one object per item")
+                raise DataError(
+                    f"{path}: item {i + 1} of the list is a {type(r).__name__}, not a label object "
+                    "({query, responses, best} or OpenAI's {query, sample0..3, best}); write one object per item"
+                )
         return [(i + 1, r) for i, r in enumerate(data)]
     return list(read_jsonl(path))
 
@@ -101,14 +128,18 @@ def require_keys(path: str | Path, lineno: int, rec: dict[str, Any], keys: Itera
     """A record missing a key the step needs is a DataError naming the file, line and keys."""
     missing = [k for k in keys if k not in rec]
     if missing:
-        raise DataError(f"{path}:{lineno}: {what} record lacks {', '.join(repr(k) for k in missing)}; "
-                        f"is this the file `lmpref sample --out` wrote?")
+        raise DataError(
+            f"{path}:{lineno}: {what} record lacks {', '.join(repr(k) for k in missing)}; "
+            f"is this the file `lmpref sample --out` wrote?"
+        )
 
 
 def require_records(path: str | Path, records: list, what: str) -> None:
     """An input file with no records at all is an error that names it."""
     if not records:
-        raise DataError(f"{path}: empty: no {what} in it (run `lmpref sample --out {path}` first, or give another file)")
+        raise DataError(
+            f"{path}: empty: no {what} in it (run `lmpref sample --out {path}` first, or give another file)"
+        )
 
 
 def check_writable(path: str | Path, flag: str = "--out") -> None:

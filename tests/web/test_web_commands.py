@@ -5,7 +5,7 @@ import pytest
 from web_store_fixtures import record
 
 from lmpref import store
-from lmpref.web.commands import register
+from lmpref.cli.web import register
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 
 from lmpref import store
-from lmpref.label_worker import PROGRAM_HEADER
+from lmpref.records import PROGRAM_HEADER
 from lmpref.store import Label
 from lmpref.web.schemas import (
     NO_NUL,

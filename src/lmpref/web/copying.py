@@ -1,10 +1,10 @@
-"""Copy highlighting for the compare page. The rule itself lives in `lmpref.copying`
+"""Copy highlighting for the compare page. The rule itself lives in `lmpref.eval.copying`
 (shared with the summary metrics and the run report); this module only cuts text for rendering.
 """
 
 from __future__ import annotations
 
-from lmpref.copying import Copying, copied_spans
+from lmpref.eval.copying import Copying, copied_spans
 
 __all__ = ["Copying", "context_segments", "copied_spans", "segments"]
 

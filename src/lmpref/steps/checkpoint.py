@@ -1,0 +1,50 @@
+"""The run directory's checkpoint format: `checkpoints/update-N/` holds the policy, its optimizer
+state and the loop's state, written whole (a temporary directory renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lmpref.core.accel import full_model_state, full_optimizer_state
+from lmpref.core.models import PolicyWithValue
+from lmpref.io import atomic_dir, atomic_write_text
+
+
+def checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
+    """Called on every process (a sharded model's state is gathered collectively); writes on the main
+    one. The optimizer state is keyed by parameter name, so any launch can resume any checkpoint."""
+    ckpts = run_dir / "checkpoints"
+
+    def save(update: int, state: dict, optimizer) -> None:
+        weights, moments = full_model_state(policy), full_optimizer_state(policy, optimizer)
+        if not is_main:
+            return
+        final = ckpts / f"update-{update:06d}"
+        with atomic_dir(final) as tmp:
+            PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
+            tok.save_pretrained(tmp)
+            torch.save(moments, tmp / "optimizer.pt")
+            atomic_write_text(tmp / "state.json", json.dumps(state))
+        atomic_write_text(ckpts / "latest", final.name)  # the pointer moves only once the checkpoint is whole
+        for old in sorted(ckpts.glob("update-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+
+    return save
+
+
+def unwrapped(model):
+    """The PolicyWithValue inside a DDP wrapper (FSDP2 shards in place and wraps nothing)."""
+    return getattr(model, "module", model)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if pointer.exists():
+        path = run_dir / "checkpoints" / pointer.read_text().strip()
+        if (path / "state.json").exists():
+            return path
+    return None

@@ -1,0 +1,395 @@
+"""The offline pipeline as steps that each read and write files in a run directory, so every step
+runs and debugs alone (`lmpref sample | label | train-reward | train-policy | evaluate`) and `lmpref run`
+is only their composition. A step whose output exists is skipped, so `run --resume` continues.
+
+run_dir/
+  config.json           the resolved configuration
+  samples.jsonl         reference-model samples (sampling JSONL)
+  labels.jsonl          best-of-K labels
+  reward_model/         transformers sequence-classification model + tokenizer + lmpref_reward.json
+  checkpoints/          resumable PPO checkpoints (update-NNNNNN/, `latest`)
+  policy/               the final policy (causal LM + value_head.safetensors + tokenizer)
+  metrics.jsonl, tb/    PPO metrics (JSONL and TensorBoard); reward_metrics.jsonl for the reward model
+  eval.json             win rate vs the reference model, mean reward, KL, samples side by side
+                        (`lmpref.steps.evaluate`, which also writes eval_samples.jsonl and summary_eval.json)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from lmpref.config import ConfigError, RunConfig, check_resume, save_config
+from lmpref.core.accel import full_model_state, load_optimizer_state
+from lmpref.core.loading import load_causal_lm, load_tokenizer
+from lmpref.core.models import PolicyWithValue, freeze_lower_layers
+from lmpref.core.reward import RewardModel
+from lmpref.core.runtime import load_reference, setup
+from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
+from lmpref.steps import hooks
+from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, unwrapped
+from lmpref.steps.evaluate import step_evaluate
+from lmpref.steps.guards import direction_guard, fingerprint, saved_reward_guard
+from lmpref.steps.launch import check_supported, check_world
+from lmpref.steps.metrics_log import MetricsLog
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def step_sample(
+    cfg: RunConfig, out: Path, *, policy_path: str | None = None, n: int | None = None, split: str = "train"
+) -> list[dict]:
+    from lmpref.core.sampling import sample_records
+    from lmpref.tasks import make_query_source
+
+    device = setup(cfg)
+    tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
+    lm = load_causal_lm(policy_path or cfg.model.name, cfg.model.cache_dir, cfg.model.dtype).to(device)
+    queries = make_query_source(tok, cfg.task, split).sample(n or cfg.sample.num_queries, f"sample-{cfg.seed}")
+    policy_id = f"policy:{policy_path}" if policy_path else f"ref:{cfg.model.name}"
+    records = sample_records(
+        lm, tok, queries, cfg.task, k=cfg.sample.k, batch_size=cfg.sample.batch_size, seed=cfg.seed, policy_id=policy_id
+    )
+    write_jsonl(out, records)
+    return records
+
+
+def step_label(samples: Path, out: Path, *, labeler: str, temperature: float, seed: int) -> list[dict]:
+    from lmpref.eval.labelers import label_records, make_labeler
+
+    chosen = make_labeler(labeler)
+    rows = list(read_jsonl(samples))
+    require_records(samples, rows, "samples")
+    for lineno, rec in rows:
+        require_keys(samples, lineno, rec, ("id", "query", "responses"), "sampling")
+    labels = label_records([r for _, r in rows], chosen, temperature=temperature, seed=seed)
+    write_jsonl(out, labels)
+    return labels
+
+
+def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:
+    """A fresh reward model on `trunk` as the config asks: its lower `reward.layers` blocks, the
+    head's pooling, its template and verbalizer prior, and only the top `reward.trainable_layers`
+    blocks (0: only the head) trained."""
+    template = tokenizer.encode(cfg.reward.template, add_special_tokens=False) if cfg.reward.template else None
+    verbalizer = None
+    if cfg.reward.verbalizer:
+        words = cfg.reward.verbalizer.split("|")
+        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ConfigError(
+                f"reward.verbalizer={cfg.reward.verbalizer!r}: each word must be one token of {trunk}'s tokenizer "
+                f"(got {[len(i) for i in ids]} tokens); try a common word with its leading space"
+            )
+        verbalizer = (ids[0][0], ids[1][0])
+    rm = RewardModel.from_lm(
+        trunk,
+        cfg.model.cache_dir,
+        cfg.model.dtype,
+        pooling=cfg.reward.pooling,
+        layers=cfg.reward.layers,
+        template_ids=template,
+        verbalizer_ids=verbalizer,
+    ).to(device)
+    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
+    if layers == 0:
+        rm.clf.requires_grad_(False)  # the trunk stays the base model's, bit for bit (lmpref.core.trunk shares it)
+    else:
+        freeze_lower_layers(rm.clf, layers)
+    rm.clf.score.requires_grad_(True)
+    return rm
+
+
+def step_train_reward(
+    cfg: RunConfig, labels_path: Path, samples_path: Path, out: Path, log_path: Path | None = None
+) -> dict:
+    from lmpref.core.reward import norm_pairs_from_records, read_labels, train_reward
+
+    device = setup(cfg)
+    trunk = cfg.model.reward_model or cfg.model.name
+    tok = load_tokenizer(trunk, cfg.model.cache_dir)
+    labels = read_labels(labels_path, tok)
+    rows = list(read_jsonl(samples_path))
+    require_records(samples_path, rows, "samples")
+    for lineno, rec in rows:
+        require_keys(samples_path, lineno, rec, ("query_ids", "response_ids"), "sampling")
+    norm_pairs = norm_pairs_from_records([r for _, r in rows], cfg.reward.norm_samples, cfg.seed)
+    rm = new_reward_model(cfg, trunk, tok, device)
+    metrics = train_reward(
+        rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=_fresh_log(log_path)
+    )
+    metrics.update(
+        {
+            "labels": str(labels_path),
+            "trunk": trunk,
+            "seed": cfg.seed,
+            "holdout_fraction": cfg.reward.holdout_fraction,
+            "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
+        }
+    )
+    rm.save(out, extra=metrics, tokenizer=tok)
+    return metrics
+
+
+def _fresh_log(log_path: Path | None) -> MetricsLog | None:
+    """A step's metrics log, emptied first: a step redone after a crash (`run --resume`) logs its
+    steps once, not [1, 2, 1, 2]."""
+    if log_path is None:
+        return None
+    log_path.unlink(missing_ok=True)
+    return MetricsLog(log_path)
+
+
+def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
+    """Supervised baseline: fine-tune `model.name` on the task's (query, reference) pairs of the
+    train split; held-out loss on the eval split's pairs. `out` is a policy directory that can be
+    the starting policy and reference model of PPO (`--set model.name=<out>`)."""
+    from lmpref.core.sft import target_ids, train_sft
+    from lmpref.tasks.summarization import SummarizationSource
+
+    device = setup(cfg)
+    tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
+    pairs = {}
+    for split in ("train", "eval"):
+        queries = SummarizationSource(tok, cfg.task, split).queries(with_reference=True)
+        pairs[split] = [(q.ids, target_ids(tok, q.extra["reference"], cfg.task.response_length)) for q in queries]
+    heldout = pairs["eval"][: cfg.sft.eval_pairs]
+    policy = PolicyWithValue(load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype)).to(device)
+    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    metrics = train_sft(
+        policy,
+        pairs["train"],
+        heldout,
+        cfg.sft,
+        pad_id=tok.pad_token_id,
+        query_length=cfg.task.query_length,
+        seed=cfg.seed,
+        log=_fresh_log(log_path),
+    )
+    metrics["start"] = cfg.model.name
+    with atomic_dir(out) as tmp:
+        policy.save(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_text(tmp / "sft_metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def step_train_reward_human(
+    cfg: RunConfig, out: Path, comparisons: Path | None = None, log_path: Path | None = None
+) -> dict:
+    """A reward model on people's TL;DR comparisons (OpenAI's summarize-from-feedback pairs;
+    default: the 929 shipped ones), with held-out accuracy and its 95% Wilson interval.
+
+    The posts are cut to `task.query_length` like the task's queries. The hold-out split is by post
+    (`reward.split_labels` on each record's `doc_id`): no post is on both sides. The gain and bias
+    are set on the compared summaries themselves: there are no samples of our own reference model here."""
+    from lmpref.core.reward import read_labels, split_labels, train_reward
+    from lmpref.eval.winrate import wilson_interval
+    from lmpref.tasks.summarization import TLDR_SUFFIX, read_tldr_comparisons
+
+    device = setup(cfg)
+    trunk = cfg.model.reward_model or cfg.model.name
+    tok = load_tokenizer(trunk, cfg.model.cache_dir)
+    budget = cfg.task.query_length - len(tok.encode(TLDR_SUFFIX, add_special_tokens=False))
+    records = read_tldr_comparisons(comparisons, tokenizer=tok, max_tokens=budget)
+    labels_path = out.with_name(out.name + "_labels.jsonl")
+    write_jsonl(labels_path, records)  # the exact labels trained on, in our best-of-K schema
+    labels = read_labels(labels_path, tok)
+    # The split train_reward will make (the same function, fraction and seed), counted for the record.
+    train, heldout = split_labels(labels, cfg.reward.holdout_fraction, cfg.seed)
+    posts = {
+        "n_train_posts": len({label.doc_id for label in train}),
+        "n_heldout_posts": len({label.doc_id for label in heldout}),
+    }
+    print(
+        f"[lmpref] split by post: {posts['n_train_posts']} posts / {len(train)} comparisons to train on, "
+        f"{posts['n_heldout_posts']} posts / {len(heldout)} comparisons held out"
+    )
+    norm_pairs = [(label.query_ids, r) for label in labels for r in label.response_ids]
+    random.Random(f"norm-{cfg.seed}").shuffle(norm_pairs)
+    rm = new_reward_model(cfg, trunk, tok, device)
+    metrics = train_reward(
+        rm,
+        labels,
+        norm_pairs[: cfg.reward.norm_samples],
+        cfg.reward,
+        pad_id=tok.pad_token_id,
+        seed=cfg.seed,
+        log=_fresh_log(log_path),
+    )
+    hits = round(metrics["accuracy_after"] * metrics["n_heldout"])
+    metrics.update(
+        {
+            "accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])),
+            "n_labels": len(records),
+            **posts,
+            "labels": str(labels_path),
+            "trunk": trunk,
+            "query_length": cfg.task.query_length,
+            "seed": cfg.seed,
+            "holdout_fraction": cfg.reward.holdout_fraction,
+            "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
+        }
+    )
+    rm.save(out, extra=metrics, tokenizer=tok)
+    return metrics
+
+
+def _then(log, after):
+    """`log`, then `after` with the same row (when given)."""
+    if after is None:
+        return log
+
+    def both(row: dict) -> None:
+        log(row)
+        after(row)
+
+    return both
+
+
+def check_reward_model(cfg: RunConfig, reward_path: Path) -> tuple[dict, str | None]:
+    """The one pre-PPO check of a saved reward model (`lmpref.steps.guards.saved_reward_guard`)
+    with this config's margin, hold-out fraction and seed."""
+    return saved_reward_guard(reward_path, cfg.experiment.reward_guard_margin, cfg.reward.holdout_fraction, cfg.seed)
+
+
+def step_train_policy(
+    cfg: RunConfig,
+    reward_path: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    should_stop=None,
+    check_reward: bool = True,
+) -> dict:
+    """PPO into run_dir (checkpoints/, metrics.jsonl, policy/). `should_stop()` is read between
+    updates. Each update's metrics row, once logged and before that update's checkpoint is written,
+    is announced as the point `update` (`lmpref.steps.hooks`).
+
+    Guards: before PPO, the reward model as saved (`check_reward_model`; the experiment loop has
+    already run it on the round's model and passes check_reward=False); between updates, the
+    direction guard on the metrics rows (`direction_guard`: the reward model's score of the policy's
+    samples falling while the score PPO maximises rises). Either stops the run with the reason."""
+    from accelerate import Accelerator
+
+    from lmpref.core.ppo import make_optimizer, train_policy
+    from lmpref.tasks import make_query_source
+
+    if check_reward:
+        _, reason = check_reward_model(cfg, reward_path)
+        if reason:
+            return {"update": 0, "stopped": reason}
+    rows: list[dict] = []  # this run's metrics rows, for the direction guard
+
+    def keep_row(row: dict) -> None:
+        rows.append(row)
+        hooks.point("update", row["step"])
+
+    def stop_or_guard() -> str | None:
+        return (should_stop() if should_stop else None) or direction_guard(rows, cfg.ppo.direction_window)
+
+    setup(cfg)
+    # One process: a no-op wrapper. Under `accelerate launch`: DDP (or DeepSpeed / FSDP) from its config.
+    accelerator = Accelerator()
+    check_world(accelerator)
+    device = accelerator.device
+    tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is None and resume:
+        print(f"[lmpref] no checkpoint in {run_dir}/checkpoints: starting PPO from the beginning")
+    if ckpt is None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    elif (run_dir / "metrics.jsonl").exists():
+        rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
+    policy = (
+        PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
+        if ckpt
+        else PolicyWithValue(
+            load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
+        )
+    ).to(device)
+    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    ref = load_reference(cfg, device)
+    rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
+    rm.requires_grad_(False)
+    optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.ppo)
+    check_supported(accelerator)
+    policy, optimizer = accelerator.prepare(policy, optimizer)  # DDP wraps; FSDP2 shards in place
+    state = None
+    if ckpt:
+        load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
+        state = json.loads((ckpt / "state.json").read_text())
+        print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
+    source = make_query_source(tok, cfg.task, "train")
+    state = train_policy(
+        policy,
+        ref,
+        rm,
+        tok,
+        lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"),
+        cfg.ppo,
+        cfg.task,
+        seed=cfg.seed,
+        device=device,
+        state=state,
+        optimizer=optimizer,
+        log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row)
+        if accelerator.is_main_process
+        else None,
+        checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
+        should_stop=stop_or_guard,
+        forward_batch=cfg.sample.batch_size,
+        accelerator=accelerator,
+    )
+    weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
+    if weights is not None and accelerator.is_main_process:
+        with atomic_dir(run_dir / "policy") as tmp:
+            PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
+            tok.save_pretrained(tmp)
+    return state
+
+
+def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
+    """The main job: sample from ρ, label, train the reward model, PPO, evaluate. A resume must
+    keep the run's config (`check_resume`), or its files would mix two runs."""
+    run_dir = cfg.resolved_run_dir()
+    if resume:
+        check_resume(cfg, run_dir / "config.json", allow_config_change)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or choose --run-dir")
+    save_config(cfg, run_dir / "config.json")
+    samples, labels, rm_dir = run_dir / "samples.jsonl", run_dir / "labels.jsonl", run_dir / "reward_model"
+    if not samples.exists():
+        print(f"[1/5] sampling {cfg.sample.num_queries} queries x {cfg.sample.k} from {cfg.model.name}")
+        step_sample(cfg, samples)
+    if not labels.exists():
+        print(f"[2/5] labeling with the {cfg.labeler.name} labeler (T={cfg.labeler.temperature})")
+        n = len(
+            step_label(samples, labels, labeler=cfg.labeler.name, temperature=cfg.labeler.temperature, seed=cfg.seed)
+        )
+        print(f"      {n} labels")
+    if not (rm_dir / "config.json").exists():
+        print("[3/5] training the reward model")
+        step_train_reward(cfg, labels, samples, rm_dir, run_dir / "reward_metrics.jsonl")
+    seen, reason = check_reward_model(cfg, rm_dir)  # measure what PPO will load: the saved model, reloaded
+    if "accuracy" in seen:
+        print(
+            f"      held-out accuracy of the saved reward model {seen['accuracy']:.1%} (chance {seen['chance']:.1%}, "
+            f"n={seen['n_heldout']})"
+        )
+    if reason:
+        return {"stopped": reason}
+    if not (run_dir / "policy" / "config.json").exists():
+        print("[4/5] PPO")
+        state = step_train_policy(cfg, rm_dir, run_dir, resume=True, check_reward=False)
+        if state.get("stopped"):
+            return {"stopped": state["stopped"]}
+    print("[5/5] evaluating on held-out queries")
+    return step_evaluate(cfg, run_dir / "policy", rm_dir, run_dir / "eval.json")
