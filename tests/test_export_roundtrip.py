@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from lmpref import store  # noqa: E402
 from lmpref.core.reward import read_labels  # noqa: E402
-from lmpref.io import DataError  # noqa: E402
+from lmpref.io import DataError, write_jsonl  # noqa: E402
 from web_store_fixtures import record, sqlite_url  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def test_each_comparison_format_round_trips_through_train_reward(labeled_store, 
     with store.transaction(labeled_store) as session:
         rows = list(store.export_records(session, run="r", fmt=fmt))
     path = tmp_path / f"{fmt}.jsonl"
-    assert store.write_jsonl(rows, path) == len(rows) > 0
+    assert write_jsonl(path, rows) == len(rows) > 0
     labels = read_labels(path, _Tok())
     assert len(labels) == len(rows)
     for row, label in zip(rows, labels):
@@ -54,7 +54,8 @@ def test_each_comparison_format_round_trips_through_train_reward(labeled_store, 
 
 def test_the_ratings_format_gets_a_clear_error(tmp_path):
     path = tmp_path / "ratings.jsonl"
-    store.write_jsonl(
+    write_jsonl(
+        path,
         [
             {
                 "id": "a",
@@ -67,7 +68,6 @@ def test_the_ratings_format_gets_a_clear_error(tmp_path):
                 "labeler": "ann",
             }
         ],
-        path,
     )
     with pytest.raises(DataError, match="accuracy rating, not a comparison"):
         read_labels(path, _Tok())
@@ -75,7 +75,8 @@ def test_the_ratings_format_gets_a_clear_error(tmp_path):
 
 def test_the_critiques_format_gets_a_clear_error(tmp_path):
     path = tmp_path / "critiques.jsonl"
-    store.write_jsonl(
+    write_jsonl(
+        path,
         [
             {
                 "id": "a",
@@ -89,7 +90,6 @@ def test_the_critiques_format_gets_a_clear_error(tmp_path):
                 "created_at": "2026-01-01T00:00:00",
             }
         ],
-        path,
     )
     with pytest.raises(DataError, match="a critique, not a comparison"):
         read_labels(path, _Tok())

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,31 +74,44 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record); a line that is not a JSON object raises DataError naming it."""
+def read_jsonl(
+    path: str | Path, *, on_error: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record); a line that is not a JSON object raises DataError naming it, or,
+    with `on_error`, is handed to it and skipped (for readers that show what they can, like the
+    report). The one JSONL reader of the project; `write_jsonl` is the one writer."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                    "save the file as UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
-                ) from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+            rec, err = _parse_line(path, lineno, raw)
+            if err is not None:
+                if on_error is None:
+                    raise err
+                on_error(err)
+            elif rec is not None:
+                yield lineno, rec
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes) -> tuple[dict[str, Any] | None, DataError | None]:
+    """One JSONL line: (record, None), (None, None) for a blank line, or (None, the error naming it)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, DataError(
+            f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file as "
+            "UTF-8"
+        )
+    if not line.strip():
+        return None, None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object")
+    if not isinstance(rec, dict):
+        return None, DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    return rec, None
 
 
 def read_json_or_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:

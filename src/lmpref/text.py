@@ -7,18 +7,28 @@ import re
 
 # ---------------------------------------------------------------- words and sentences
 
+# Two word rules, named for what they serve (the tests pin both):
+# - `words` / `word_spans`: letters and digits with inner apostrophes ("don't", "it's" one word),
+#   casefolded, the typographic apostrophe read as "'": novelty n-grams, copy-start and word counts.
+# - `token_spans`: bare `\w+` runs ("don't" is "don" + "t"), casefolded: the copying rule, shared by
+#   the compare page's highlighting, the copying metric and the report, where a run of copied
+#   words must not depend on how an apostrophe was typed.
 WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
+TOKEN = re.compile(r"\w+")
 
 
 def word_spans(text: str) -> list[tuple[str, int, int]]:
-    """(normalized word, start, end) for each word of `text`; offsets index `text`. The one word rule
-    of the project: runs of letters and digits, with inner apostrophes ("don't" is one word),
-    compared casefolded with the typographic apostrophe as "'"."""
+    """(normalized word, start, end) for each word of `text`; offsets index `text`."""
     return [(m.group().casefold().replace("\u2019", "'"), m.start(), m.end()) for m in WORD.finditer(text)]
 
 
 def words(text: str) -> list[str]:
     return [w for w, _, _ in word_spans(text)]
+
+
+def token_spans(text: str) -> list[tuple[str, int, int]]:
+    """(casefolded `\\w+` run, start, end) for each run of `text`: the copying rule's words."""
+    return [(m.group().casefold(), m.start(), m.end()) for m in TOKEN.finditer(text)]
 
 
 # Abbreviations after which a period does not end a sentence (news text, Reddit).

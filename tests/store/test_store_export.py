@@ -1,9 +1,10 @@
 import json
 
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
+from lmpref.io import write_jsonl
+from web_store_fixtures import record
 
 
 def _label(session, labeler, position_of_slot=None, **kwargs):
@@ -71,6 +72,6 @@ def test_gold_and_batches_filter(session, tmp_path):
         list(store.export_records(session, run="r", batch="b9"))
     with pytest.raises(store.Invalid):
         list(store.export_records(session, run="r", fmt="csv"))
-    n = store.write_jsonl(store.export_records(session, run="r"), tmp_path / "out.jsonl")
+    n = write_jsonl(tmp_path / "out.jsonl", store.export_records(session, run="r"))
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert n == 2 and [json.loads(x)["id"] for x in lines] == ["q000000", "q000001"]

@@ -16,7 +16,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 SERVE = (
     "import argparse, sys\n"
-    "from lmpref.web.commands import register\n"
+    "from lmpref.cli.web import register\n"
     "p = argparse.ArgumentParser(); register(p.add_subparsers())\n"
     "args = p.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n"
 )

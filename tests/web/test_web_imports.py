@@ -9,7 +9,7 @@ import lmpref
 def test_store_and_web_never_import_the_ml_stack():
     # A fresh interpreter: this test process may have torch loaded by other tests.
     code = (
-        "import sys, lmpref.store, lmpref.web, lmpref.web.commands\n"
+        "import sys, lmpref.store, lmpref.web, lmpref.cli.web\n"
         "from lmpref.web import Settings, create_app\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'accelerate', 'numpy') if m in sys.modules)\n"
         "print(','.join(heavy))\n"

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from lmpref import store
+from lmpref.io import write_jsonl
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -116,17 +117,15 @@ ROW_UNITS = {
 @_command
 def export_labels(args: argparse.Namespace) -> int:
     with store.transaction(store.open_store(args.db)) as session:
-        n = store.write_jsonl(
-            store.export_records(
-                session,
-                run=args.run,
-                fmt=args.format,
-                batch=args.batch,
-                include_fast=args.include_fast,
-                include_gold=args.include_gold,
-            ),
-            args.out,
+        records = store.export_records(
+            session,
+            run=args.run,
+            fmt=args.format,
+            batch=args.batch,
+            include_fast=args.include_fast,
+            include_gold=args.include_gold,
         )
+        n = write_jsonl(args.out, records)  # written whole: a failed export leaves no half file
     unit = ROW_UNITS[args.format]
     left_out = [x for x, kept in (("too-fast", args.include_fast), ("gold-task", args.include_gold)) if not kept]
     note = f"; {' and '.join(left_out)} labels left out" if left_out else ""

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from lmpref.config import TaskConfig
 from lmpref.core.batching import pad_left
 from lmpref.core.responses import postprocess
-from lmpref.records import TaskQuery
+from lmpref.records import SampleRecord, TaskQuery
 
 
 @torch.no_grad()
@@ -79,17 +79,16 @@ def sample_records(
     records = []
     for q in queries:
         outs = by_query[q.id]
-        rec = {
-            "id": q.id,
-            "query": q.text,
-            "query_ids": q.ids,
-            "responses": [tokenizer.decode(ids) for ids, _ in outs],
-            "response_ids": [ids for ids, _ in outs],
-            "valid": [v for _, v in outs],
-            "policy": policy_id,
-            "seed": seed,
-        }
-        if q.extra:
-            rec.update(q.extra)
-        records.append(rec)
+        rec = SampleRecord(
+            id=q.id,
+            query=q.text,
+            query_ids=q.ids,
+            responses=[tokenizer.decode(ids) for ids, _ in outs],
+            response_ids=[ids for ids, _ in outs],
+            valid=[v for _, v in outs],
+            policy=policy_id,
+            seed=seed,
+            extra=dict(q.extra or {}),
+        )
+        records.append(rec.to_json())
     return records

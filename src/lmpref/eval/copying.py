@@ -4,8 +4,8 @@ Ziegler et al. (2019), arXiv:1909.08593, section 4.2: their summarization polici
 "smart copiers", and the labelers rewarded copying without noticing. The compare page
 highlights copied text so a labeler sees it; the summary metrics and the run report measure it.
 
-The one rule, used everywhere: words are `lmpref.text.word_spans` words (punctuation between
-them is ignored), and a word of the sample is *copied* when it lies in a run of at least
+The one rule, used everywhere: words are `\\w+` runs compared casefolded (`lmpref.text.token_spans`;
+punctuation between them is ignored), and a word of the sample is *copied* when it lies in a run of at least
 `min_words` consecutive sample words that also occur consecutively in the context. A copied
 stretch may join runs from different places in the context ("extractive fragments" of
 Grusky et al. 2018, Newsroom, section 4.1, without their greedy choice of fragments).
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from lmpref.text import WORD, word_spans
+from lmpref.text import TOKEN, token_spans
 
 MIN_COPIED_WORDS = 3
 
@@ -47,7 +47,7 @@ class Copying:
 def copied_spans(sample: str, context: str, *, min_words: int = MIN_COPIED_WORDS) -> Copying:
     if min_words < 1:
         raise ValueError(f"min_words must be >= 1, got {min_words}")
-    sw, cw = [(s, e, w) for w, s, e in word_spans(sample)], [(s, e, w) for w, s, e in word_spans(context)]
+    sw, cw = [(s, e, w) for w, s, e in token_spans(sample)], [(s, e, w) for w, s, e in token_spans(context)]
     where = defaultdict(list)  # context word -> its positions
     for j, (_, _, w) in enumerate(cw):
         where[w].append(j)
@@ -76,7 +76,7 @@ def copied_spans(sample: str, context: str, *, min_words: int = MIN_COPIED_WORDS
         if not is_copied:
             continue
         # Join to the previous span when only punctuation or space lies between them.
-        if spans and not WORD.search(sample, spans[-1][1], start):
+        if spans and not TOKEN.search(sample, spans[-1][1], start):
             spans[-1] = (spans[-1][0], end)
         else:
             spans.append((start, end))

@@ -12,6 +12,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from lmpref.records import LabelRecord, SampleRecord
+
 
 class ProgramLabeler(Protocol):
     name: str
@@ -111,24 +113,24 @@ def label_records(records: list[dict], labeler: ProgramLabeler, *, temperature: 
     than two valid responses yields no label. Output: the best-of-K label JSONL schema."""
     rng = random.Random(f"label-{seed}")
     labels = []
-    for rec in records:
-        shown = [i for i, v in enumerate(rec.get("valid", [True] * len(rec["responses"]))) if v]
+    for n, raw in enumerate(records, 1):
+        rec = SampleRecord.from_json(raw, where=f"sample {n}")
+        shown = [i for i in range(rec.k) if rec.is_valid(i)]
         if len(shown) < 2:
             continue
-        ref = rec.get("reference")
-        scores = [labeler.score(rec["query"], rec["responses"][i], reference=ref) for i in shown]
-        label = {
-            "id": rec["id"],
-            "query": rec["query"],
-            "responses": [rec["responses"][i] for i in shown],
-            "best": choose(scores, temperature, rng),
-            "tie": False,
-            "labeler": f"{labeler.name}@T{temperature:g}",
-        }
-        if "query_ids" in rec and "response_ids" in rec:
-            label["query_ids"] = rec["query_ids"]
-            label["response_ids"] = [rec["response_ids"][i] for i in shown]
-        labels.append(label)
+        ref = rec.extra.get("reference")
+        scores = [labeler.score(rec.query, rec.responses[i], reference=ref) for i in shown]
+        with_ids = rec.query_ids is not None and rec.response_ids is not None
+        label = LabelRecord(
+            id=rec.id,
+            query=rec.query,
+            responses=[rec.responses[i] for i in shown],
+            best=choose(scores, temperature, rng),
+            labeler=f"{labeler.name}@T{temperature:g}",
+            query_ids=rec.query_ids if with_ids else None,
+            response_ids=[rec.response_ids[i] for i in shown] if rec.response_ids is not None and with_ids else None,
+        )
+        labels.append(label.to_json())
     return labels
 
 

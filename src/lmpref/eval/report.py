@@ -34,6 +34,7 @@ from pathlib import Path
 from lmpref.eval.copying import copied_spans
 from lmpref.eval.metrics import bigram_lcs, copied_pct, novel_ngram_pct
 from lmpref.eval.plots import copy_strip_svg, esc, fmt, line_plot_svg, num, scatter_svg
+from lmpref.io import DataError, read_jsonl
 from lmpref.text import words
 
 MAX_SAMPLES = 20
@@ -274,20 +275,10 @@ def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
     if not path.exists():
         notes.append(f"{path.name} not found: no training curves.")
         return []
-    rows, bad = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                bad += 1
+    bad: list[DataError] = []
+    rows = [row for _, row in read_jsonl(path, on_error=bad.append)]
     if bad:
-        notes.append(f"{path.name}: skipped {bad} unreadable line(s).")
+        notes.append(f"{path.name}: skipped {len(bad)} unreadable line(s).")
     return rows
 
 

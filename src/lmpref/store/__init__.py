@@ -22,7 +22,7 @@ from lmpref.store.enqueue import (
     valid_samples,
 )
 from lmpref.store.errors import Conflict, Invalid, NotFound, StoreError
-from lmpref.store.export import FORMATS, export_records, labeled, write_jsonl
+from lmpref.store.export import FORMATS, export_records, labeled
 from lmpref.store.labelers import (
     authenticate,
     create_labeler,
@@ -105,5 +105,4 @@ __all__ = [
     "undo_label",
     "upgrade",
     "valid_samples",
-    "write_jsonl",
 ]

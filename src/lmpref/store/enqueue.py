@@ -15,6 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lmpref.io import DataError
+from lmpref.io import read_jsonl as read_lines
+from lmpref.records import SampleRecord
 from lmpref.store.errors import Invalid, NotFound
 from lmpref.store.models import Batch, GoldTask, Query, Run, Sample, Task
 
@@ -85,9 +88,6 @@ def ensure_batch(session: Session, *, run: Run, name: str) -> Batch:
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Records of a sampling JSONL file; a malformed line is `Invalid`, naming the file and line
     (the reading itself is `lmpref.io.read_jsonl`, shared with the ML side; it imports no torch)."""
-    from lmpref.io import DataError
-    from lmpref.io import read_jsonl as read_lines
-
     try:
         for _, record in read_lines(path):
             yield record
@@ -95,40 +95,24 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         raise Invalid(str(err)) from None
 
 
-def _kind(record: dict[str, Any]) -> str:
-    return "accuracy" if record.get("kind") == "accuracy" else "compare"
-
-
-def _check_record(record: Any, gold: bool) -> None:
-    """Fail loudly on a malformed record rather than store half of it."""
-    if not isinstance(record, dict):
-        raise Invalid("a record must be a JSON object")
-    rid = record.get("id")
-    if not isinstance(rid, str) or not 0 < len(rid) <= 128:
-        raise Invalid("record 'id' must be a string of 1-128 characters")
-    responses = record.get("responses")
-    if not isinstance(record.get("query"), str) or len(record["query"]) > MAX_TEXT:
-        raise Invalid(f"record {rid}: 'query' must be a string of at most {MAX_TEXT} characters")
-    if not isinstance(responses, list) or not 0 < len(responses) <= MAX_RESPONSES:
-        raise Invalid(f"record {rid}: 'responses' must be a list of 1-{MAX_RESPONSES} strings")
-    if not all(isinstance(r, str) and len(r) <= MAX_TEXT for r in responses):
-        raise Invalid(f"record {rid}: every response must be a string of at most {MAX_TEXT} characters")
-    k = len(responses)
-    for key in ("valid", "response_ids", "policies"):
-        if key in record and (not isinstance(record[key], list) or len(record[key]) != k):
-            raise Invalid(f"record {rid}: '{key}' must have one entry per response ({k})")
-    if "policies" not in record and not isinstance(record.get("policy", ""), str):
-        raise Invalid(f"record {rid}: 'policy' must be a string")
-    if _kind(record) == "accuracy":
-        if k != 1:
-            raise Invalid(f"record {rid}: an accuracy record has exactly one response, not {k}")
-        if gold:
-            raise Invalid(f"record {rid}: gold tasks are comparisons; an accuracy record cannot be gold")
-    if gold:
-        best = record.get("best")
-        valid = record.get("valid", [True] * k)
-        if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best < k or not valid[best]:
-            raise Invalid(f"record {rid}: a gold record needs 'best', the index of a valid response")
+def _check_record(record: Any, gold: bool) -> SampleRecord:
+    """The sampling schema (`lmpref.records.SampleRecord`) plus the store's own limits; fail loudly
+    on a malformed record rather than store half of it."""
+    try:
+        rec = SampleRecord.from_json(record)
+    except DataError as err:
+        raise Invalid(str(err)) from None
+    if len(rec.query) > MAX_TEXT:
+        raise Invalid(f"record {rec.id}: 'query' must be a string of at most {MAX_TEXT} characters")
+    if rec.k > MAX_RESPONSES:
+        raise Invalid(f"record {rec.id}: 'responses' must be a list of 1-{MAX_RESPONSES} strings")
+    if any(len(r) > MAX_TEXT for r in rec.responses):
+        raise Invalid(f"record {rec.id}: every response must be a string of at most {MAX_TEXT} characters")
+    if rec.kind == "accuracy" and gold:
+        raise Invalid(f"record {rec.id}: gold tasks are comparisons; an accuracy record cannot be gold")
+    if gold and (rec.best is None or not rec.is_valid(rec.best)):
+        raise Invalid(f"record {rec.id}: a gold record needs 'best', the index of a valid response")
+    return rec
 
 
 def enqueue(
@@ -144,8 +128,9 @@ def enqueue(
     """Turn sampling-JSONL records into tasks; idempotent per (batch, record id).
 
     Only responses with `valid` true are ever shown; a comparison record with fewer than two
-    (an accuracy record whose one response is invalid) is not enqueued. With `gold=True` each record carries `best` (an index into its `responses`) and
-    becomes a gold task, which every labeler may get once, at the run's `gold_rate`.
+    (an accuracy record whose one response is invalid) is not enqueued. With `gold=True` each
+    record carries `best` (an index into its `responses`) and becomes a gold task, which every
+    labeler may get once, at the run's `gold_rate`.
     """
     if not 1 <= redundancy <= 100:
         raise Invalid("redundancy must be 1-100")
@@ -154,37 +139,34 @@ def enqueue(
     result = EnqueueResult(run=run, batch=batch)
     seen: set[str] = set()
     for record in records:
-        _check_record(record, gold)
-        rid = record["id"]
-        exists = session.scalar(select(Query.id).where(Query.batch_id == batch_row.id, Query.source_id == rid))
-        if exists is not None or rid in seen:
+        rec = _check_record(record, gold)
+        exists = session.scalar(select(Query.id).where(Query.batch_id == batch_row.id, Query.source_id == rec.id))
+        if exists is not None or rec.id in seen:
             result.existing += 1
             continue
-        seen.add(rid)
-        k = len(record["responses"])
-        valid = [bool(v) for v in record.get("valid", [True] * k)]
-        kind = _kind(record)
-        if sum(valid) < (1 if kind == "accuracy" else 2):
+        seen.add(rec.id)
+        valid = [rec.is_valid(i) for i in range(rec.k)]
+        if sum(valid) < (1 if rec.kind == "accuracy" else 2):
             result.too_few_valid += 1
             continue
-        policies = record.get("policies") or [record.get("policy", "")] * k
-        response_ids = record.get("response_ids") or [None] * k
+        response_ids = rec.response_ids or [None] * rec.k
         extra = {key: v for key, v in record.items() if key not in MODELED_KEYS}
         query = Query(
             batch_id=batch_row.id,
-            source_id=rid,
-            text=record["query"],
-            token_ids=record.get("query_ids"),
+            source_id=rec.id,
+            text=rec.query,
+            token_ids=rec.query_ids,
             extra=extra,
         )
         query.samples = [
-            Sample(index=i, text=text, token_ids=response_ids[i], policy=str(policies[i]), valid=valid[i])
-            for i, text in enumerate(record["responses"])
+            Sample(index=i, text=text, token_ids=response_ids[i], policy=rec.policy_of(i), valid=valid[i])
+            for i, text in enumerate(rec.responses)
         ]
-        task = Task(run_id=run_row.id, batch_id=batch_row.id, query=query, redundancy=redundancy, kind=kind)
+        task = Task(run_id=run_row.id, batch_id=batch_row.id, query=query, redundancy=redundancy, kind=rec.kind)
         if gold:
             # Slots count valid responses only, so map the record's index to its slot.
-            task.gold = GoldTask(best=sum(valid[: record["best"]]), note=str(record.get("note", "")))
+            assert rec.best is not None
+            task.gold = GoldTask(best=sum(valid[: rec.best]), note=str(rec.extra.get("note", "")))
         session.add(task)
         result.created += 1
     session.flush()

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from lmpref.records import LabelRecord
 from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Invalid, NotFound
 from lmpref.store.models import Batch, GoldTask, Label, Query, Task
@@ -66,27 +65,32 @@ def labeled(
 
 
 def bestofk_record(label: Label, task: Task) -> dict[str, Any]:
+    """The label as lmpref's best-of-K label record (`lmpref.records.LabelRecord`), with the store's
+    own fields (policies, batch, seconds, ranking, critique, correction) and the query's extras."""
     query = task.query
     samples = valid_samples(query)
-    record: dict[str, Any] = {
-        "id": query.source_id,
-        "query": query.text,
-        "query_ids": query.token_ids,
-        "responses": [s.text for s in samples],
-        "response_ids": [s.token_ids for s in samples],
-        "best": -1 if label.tie else label.best,
-        "tie": label.tie,
-        "labeler": label.labeler.name,
+    extra: dict[str, Any] = {
         "policies": [s.policy for s in samples],
         "batch": query.batch.name,
         "seconds": round(label.seconds, 3),
     }
     for key in ("ranking", "critique", "correction"):
         if getattr(label, key) is not None:
-            record[key] = getattr(label, key)
+            extra[key] = getattr(label, key)
     for key, value in query.extra.items():
-        record.setdefault(key, value)  # e.g. "reference", "kind"
-    return record
+        extra.setdefault(key, value)  # e.g. "reference", "kind"
+    record = LabelRecord(
+        id=query.source_id,
+        query=query.text,
+        responses=[s.text for s in samples],
+        best=-1 if label.tie or label.best is None else label.best,
+        tie=label.tie,
+        labeler=label.labeler.name,
+        query_ids=query.token_ids,
+        response_ids=[s.token_ids for s in samples],
+        extra={key: v for key, v in extra.items() if key not in LabelRecord.KEYS},
+    )
+    return record.to_json()
 
 
 def openai_record(label: Label, task: Task) -> dict[str, Any] | None:
@@ -169,13 +173,3 @@ def export_records(session: Session, *, run: str, fmt: str = "bestofk", **filter
                 yield record
         else:
             yield from pairwise_records(label, task)
-
-
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
