@@ -23,8 +23,8 @@ from lmpref.config import make_config
 from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue, freeze_lower_layers
 from lmpref.core.ppo import train_policy
+from lmpref.core.reward import new_reward_model
 from lmpref.core.runtime import load_reference, setup
-from lmpref.steps.train import new_reward_model
 from lmpref.tasks import make_query_source
 
 

@@ -118,7 +118,7 @@ def test_reward_model_beats_chance_on_synthetic_labels(tok):
 def test_prompted_head_only_reward_model_beats_chance_and_l2sp_holds_it_at_its_prior(tok, tmp_path):
     """The small scale's reward model: a template after the response, the head started from the LM's
     unembedding of two words, only the head trained (features computed once), L2-SP toward the start."""
-    from lmpref.steps.train import new_reward_model
+    from lmpref.core.reward import new_reward_model
 
     torch.manual_seed(0)
     rng = random.Random(1)

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmpref.config import RewardConfig
+from lmpref.config import ConfigError, RewardConfig, RunConfig
 from lmpref.core.batching import pad_left
 from lmpref.core.loading import DTYPES, _hub_error, resolve_model
 from lmpref.core.models import (
     POOLINGS,
     append_after,
     disable_dropout,
+    freeze_lower_layers,
     from_depth,
     pool_response,
     position_ids_from_mask,
@@ -504,3 +505,36 @@ class RewardModel(nn.Module):
                 (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+
+
+def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:
+    """A fresh reward model on `trunk` as the config asks: its lower `reward.layers` blocks, the
+    head's pooling, its template and verbalizer prior, and only the top `reward.trainable_layers`
+    blocks (0: only the head) trained."""
+    template = tokenizer.encode(cfg.reward.template, add_special_tokens=False) if cfg.reward.template else None
+    verbalizer = None
+    if cfg.reward.verbalizer:
+        words = cfg.reward.verbalizer.split("|")
+        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ConfigError(
+                f"reward.verbalizer={cfg.reward.verbalizer!r}: each word must be one token of {trunk}'s tokenizer "
+                f"(got {[len(i) for i in ids]} tokens); try a common word with its leading space"
+            )
+        verbalizer = (ids[0][0], ids[1][0])
+    rm = RewardModel.from_lm(
+        trunk,
+        cfg.model.cache_dir,
+        cfg.model.dtype,
+        pooling=cfg.reward.pooling,
+        layers=cfg.reward.layers,
+        template_ids=template,
+        verbalizer_ids=verbalizer,
+    ).to(device)
+    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
+    if layers == 0:
+        rm.clf.requires_grad_(False)  # the trunk stays the base model's, bit for bit (lmpref.core.trunk shares it)
+    else:
+        freeze_lower_layers(rm.clf, layers)
+    rm.clf.score.requires_grad_(True)
+    return rm

@@ -69,7 +69,11 @@ def validation_win_rate(rows: list[dict]) -> tuple[float, int]:
 
 def heldout_accuracy(rm_dir: Path, labels_path: Path, holdout_fraction: float, seed: int) -> tuple[float, float, int]:
     """Accuracy of the reward model *as saved* (after its final gain and bias: what PPO will load)
-    on the labels `train_reward` held out (same split, same seed). Returns (accuracy, chance, n)."""
+    on the labels `train_reward` held out (same split, same seed). Returns (accuracy, chance, n).
+
+    It reloads the model on purpose rather than reading `accuracy_after` from lmpref_reward.json:
+    that figure is measured before the gain and bias are set, so a negated gain (a flipped sign,
+    the paper's bug; tests/test_experiment.py) shows only in the model as saved."""
     from lmpref.core.loading import load_tokenizer
     from lmpref.core.reward import RewardModel, accuracy, read_labels, split_labels
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from lmpref.config import ConfigError, RunConfig, check_resume, save_config
+from lmpref.config import RunConfig, check_resume, save_config
 from lmpref.core.accel import full_model_state, load_optimizer_state
 from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue, freeze_lower_layers
-from lmpref.core.reward import RewardModel
+from lmpref.core.reward import RewardModel, new_reward_model
 from lmpref.core.runtime import load_reference, setup
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
@@ -70,39 +70,6 @@ def step_label(samples: Path, out: Path, *, labeler: str, temperature: float, se
     labels = label_records([r for _, r in rows], chosen, temperature=temperature, seed=seed)
     write_jsonl(out, labels)
     return labels
-
-
-def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:
-    """A fresh reward model on `trunk` as the config asks: its lower `reward.layers` blocks, the
-    head's pooling, its template and verbalizer prior, and only the top `reward.trainable_layers`
-    blocks (0: only the head) trained."""
-    template = tokenizer.encode(cfg.reward.template, add_special_tokens=False) if cfg.reward.template else None
-    verbalizer = None
-    if cfg.reward.verbalizer:
-        words = cfg.reward.verbalizer.split("|")
-        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
-        if any(len(i) != 1 for i in ids):
-            raise ConfigError(
-                f"reward.verbalizer={cfg.reward.verbalizer!r}: each word must be one token of {trunk}'s tokenizer "
-                f"(got {[len(i) for i in ids]} tokens); try a common word with its leading space"
-            )
-        verbalizer = (ids[0][0], ids[1][0])
-    rm = RewardModel.from_lm(
-        trunk,
-        cfg.model.cache_dir,
-        cfg.model.dtype,
-        pooling=cfg.reward.pooling,
-        layers=cfg.reward.layers,
-        template_ids=template,
-        verbalizer_ids=verbalizer,
-    ).to(device)
-    layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
-    if layers == 0:
-        rm.clf.requires_grad_(False)  # the trunk stays the base model's, bit for bit (lmpref.core.trunk shares it)
-    else:
-        freeze_lower_layers(rm.clf, layers)
-    rm.clf.score.requires_grad_(True)
-    return rm
 
 
 def step_train_reward(
