@@ -444,3 +444,24 @@ def test_unwritable_evaluate_out_is_refused_before_the_evaluation(trained, tmp_p
     )
     assert main(["evaluate", *TINY, "--policy", str(trained), "--out", str(tmp_path / "file" / "eval.json")]) == 2
     assert "cannot write in" in _one_clean_line(capsys)
+
+
+def test_train_policy_resume_refuses_a_changed_config_but_may_train_longer(tmp_path, capsys):
+    """`train-policy --resume` keeps the run's settings like `run --resume` (before, it saved the new
+    config over the old one and trained on); only ppo.total_episodes may rise."""
+    from lmpref.config import ConfigError, check_resume, make_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(make_config("test", "tiny", {"run_dir": str(run)}), run / "config.json")
+    before = (run / "config.json").read_text()
+    argv = ["train-policy", *TINY, "--run-dir", str(run), "--reward-model", str(tmp_path / "rm"), "--resume"]
+    assert main([*argv, "--set", "ppo.lr=0.5"]) == 2
+    line = _one_clean_line(capsys)
+    assert "ppo.lr: " in line and "-> 0.5" in line and "--allow-config-change" in line
+    assert (run / "config.json").read_text() == before and not (run / "checkpoints").exists()
+    longer = make_config("test", "tiny", {"run_dir": str(run), "ppo.total_episodes": 64})
+    check_resume(longer, run / "config.json", may_grow=("ppo.total_episodes",))  # train on for longer
+    shorter = make_config("test", "tiny", {"run_dir": str(run), "ppo.total_episodes": 16})
+    with pytest.raises(ConfigError, match="ppo.total_episodes: 32 -> 16"):
+        check_resume(shorter, run / "config.json", may_grow=("ppo.total_episodes",))

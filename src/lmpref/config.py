@@ -449,10 +449,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(cfg: RunConfig, path: Path, allow: bool = False) -> None:
+def check_resume(cfg: RunConfig, path: Path, allow: bool = False, may_grow: tuple[str, ...] = ()) -> None:
     """`--resume` continues the run saved in `path` (its config.json): a config that differs in
     anything that changes results would label, train or evaluate a different run on top of this
-    one's files. Raise naming the keys, unless `allow` (--allow-config-change)."""
+    one's files. Raise naming the keys, unless `allow` (--allow-config-change). Keys in `may_grow`
+    may rise (e.g. `ppo.total_episodes` for `train-policy --resume`: train on for longer)."""
     if not path.exists():
         return
     try:
@@ -460,7 +461,14 @@ def check_resume(cfg: RunConfig, path: Path, allow: bool = False) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not a readable config; restore it or start a new --run-dir") from None
     now = _flat(cfg.to_dict())
-    changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_FREE and saved.get(k) != now.get(k))
+
+    def grew(k: str) -> bool:
+        old, new = saved.get(k), now.get(k)
+        return k in may_grow and isinstance(old, (int, float)) and isinstance(new, (int, float)) and new >= old
+
+    changed = sorted(
+        k for k in saved.keys() | now.keys() if k not in RESUME_FREE and saved.get(k) != now.get(k) and not grew(k)
+    )
     if changed and not allow:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8]) + (
             " ..." if len(changed) > 8 else ""

@@ -142,11 +142,13 @@ def cmd_sft(args) -> int:
 
 
 def cmd_train_policy(args) -> int:
-    from lmpref.config import save_config
+    from lmpref.config import check_resume, save_config
     from lmpref.steps.train import step_train_policy
 
     cfg = _config(args)
     run_dir = cfg.resolved_run_dir()
+    if args.resume:  # the run's own settings, or train on for longer
+        check_resume(cfg, run_dir / "config.json", args.allow_config_change, may_grow=("ppo.total_episodes",))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
@@ -404,7 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-policy", help="PPO against a trained reward model")
     _config_args(p)
     p.add_argument("--reward-model", required=True)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --run-dir, with the run's settings (ppo.total_episodes may rise)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue even though the config differs from the run's in keys that change results",
+    )
     p.set_defaults(func=cmd_train_policy)
 
     p = sub.add_parser(
