@@ -148,3 +148,73 @@ def test_reward_hacking_guard_halts_when_reward_rises_while_labelers_turn_away(t
     with w.session() as s:
         (event,) = store.open_andon_events(s, run=RUN)
         assert event.pulled_by is None and "reward hacking" in event.reason
+
+
+GOLD_RESPONSES = [
+    " and it was a wonderful, happy day for all of them.",
+    " and nothing much happened after that.",
+    " and it was a dreadful, miserable, hateful night.",
+    " and the weather was fine, which was nice.",
+]
+
+
+class InvertedSentiment:
+    """A labeler who picks the worst: the negated VADER score."""
+
+    name = "inverted"
+
+    def __init__(self) -> None:
+        from lmpref.eval.labelers import SentimentLabeler
+
+        self._inner = SentimentLabeler()
+
+    def score(self, query: str, response: str, *, reference: str | None = None) -> float:
+        return -self._inner.score(query, response)
+
+
+def _gold_run(tmp_path, monkeypatch, labeler: str) -> tuple[dict, Workers]:
+    """The offline experiment with 16 gold tasks in the store run (served at rate 0.9, so they come
+    before most of round 0's comparisons), labeled by `labeler` through the web app."""
+    from lmpref.eval import labelers
+    from lmpref.eval.labelers import SentimentLabeler
+
+    monkeypatch.setitem(labelers.LABELERS, "inverted", InvertedSentiment)
+    vader = SentimentLabeler()
+    best = max(range(4), key=lambda i: vader.score("", GOLD_RESPONSES[i]))
+    assert best == 0
+    gold = [
+        {"id": f"gold-{i}", "query": f"Gold passage {i}: they walked home", "responses": GOLD_RESPONSES, "best": best}
+        for i in range(16)
+    ]
+    w = Workers(tmp_path, labeler=labeler)
+    with w.session() as s:
+        store.enqueue(s, run=RUN, records=gold, batch="gold", gold=True, gold_rate=0.9)
+    w.start()
+    cfg = tiny_config(tmp_path, **{"ppo.total_episodes": 64, "experiment.min_validation_labels": 12})
+    return run_experiment(cfg, db=w.db), w
+
+
+def test_gold_guard_halts_a_run_whose_labeler_picks_the_worst(tmp_path, monkeypatch):
+    """A labeler who picks the worst of four on every task: the reward model trained on those labels
+    agrees with its own held-out labels, so only the known answers show it. After round 0's reward
+    model the gold guard must stop the run before PPO, naming the labeler."""
+    result, w = _gold_run(tmp_path, monkeypatch, "inverted")
+    assert "guard: labeler sim-0 picks the known best on 0.0%" in result["stopped"]
+    assert "below chance 25.0%" in result["stopped"] and "automatic guard" in result["stopped"]
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "checkpoints").exists()  # PPO never started
+    with w.session() as s:
+        (event,) = store.open_andon_events(s, run=RUN)
+        assert event.pulled_by is None and "gold tasks" in event.reason
+
+
+def test_gold_guard_stays_quiet_for_a_labeler_who_picks_the_best(tmp_path, monkeypatch):
+    """Control: the same run with the honest labeler (with its noise model) answers the gold tasks
+    right, bar a slip, and finishes."""
+    result, w = _gold_run(tmp_path, monkeypatch, "sentiment")
+    assert "stopped" not in result
+    w.join()
+    with w.session() as s:
+        (row,) = [q for q in store.quality_report(s, run=RUN).labelers if q.name == "sim-0"]
+        assert row.gold_answered >= 12 and row.gold_correct >= 0.75 * row.gold_answered  # the noise model errs at times
+        assert store.open_andon_events(s, run=RUN) == []
