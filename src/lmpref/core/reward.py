@@ -1,4 +1,8 @@
-"""Reward model: best-of-K loss, label files, normalisation and the training loop.
+"""The reward model, in one place: the model (`RewardModel`: a scalar head on a causal LM's trunk,
+optionally prompted with a template and started from a verbalizer prior), its construction from the
+config (`new_reward_model`), the best-of-K loss (softmax cross-entropy over the K rewards), the
+label files it learns from (`read_labels`: lmpref's, OpenAI's and pairwise schemas), normalisation
+to mean 0 / std 1 on the reference model's samples, and the training loop with held-out accuracy.
 
 Shapes: B labels, K responses per label (variable; padded with a mask), N = flattened sequences, T tokens.
 """

@@ -1,5 +1,5 @@
-"""What every step that loads a model does first, shared by the training steps (`lmpref.steps.train`)
-and the evaluation steps (`lmpref.steps.evaluate`), which both sit on top of it."""
+"""What every step that loads a model does first: threads, seeds and device from the config
+(`setup`), and the reference model ρ (`load_reference`); used by the training and evaluation steps."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Queries and the response rules of the paper's tasks.
-
-Style tasks (paper §3.1): a query is a book passage of `query_length` tokens that starts right after a
-sentence end and is cut back to end at one (lm-human-preferences: `start_text='.'`, `end_text='.'`).
-Responses are sampled at a fixed length; a response is cut after the first `truncate_token` at or
-after index `truncate_after`, and one that never reaches it gets `penalty_reward` and is never shown
-to a labeler (lm-human-preferences `postprocess_responses` / `penalty_reward_value`).
+"""The style tasks' queries (paper §3.1): a query is a book passage of `query_length` tokens that starts
+right after a sentence end and is cut back to end at one (lm-human-preferences: `start_text='.'`,
+`end_text='.'`), from the shipped public-domain novels or any JSONL of texts. The response rules
+(truncation, penalty) are `lmpref.core.responses`.
 """
 
 from __future__ import annotations
