@@ -465,3 +465,29 @@ def test_train_policy_resume_refuses_a_changed_config_but_may_train_longer(tmp_p
     shorter = make_config("test", "tiny", {"run_dir": str(run), "ppo.total_episodes": 16})
     with pytest.raises(ConfigError, match="ppo.total_episodes: 32 -> 16"):
         check_resume(shorter, run / "config.json", may_grow=("ppo.total_episodes",))
+
+
+def test_a_real_full_disk_stops_with_one_line_and_resume_finishes(tmp_path, capsys):
+    """The run directory on a 2 MB tmpfs: the reward model (about 13 MB) cannot be written. The
+    error comes from safetensors' Rust writer, not Python's I/O (a SafetensorError, "os error 28"):
+    one line, exit 2, no half-written folder; with the disk grown, --resume finishes the run."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("needs root and a tmpfs mount to fill a real disk")
+    try:
+        run = disk / "run"
+        assert main(["run", *TINY, "--run-dir", str(run)]) == 2
+        line = _one_clean_line(capsys)
+        assert line.startswith("lmpref: error: No space left on device") and "--resume" in line
+        assert (run / "labels.jsonl").exists() and not (run / "reward_model").exists()
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left
+        subprocess.run(["mount", "-o", "remount,size=512m", str(disk)], check=True)
+        assert main(["run", *TINY, "--run-dir", str(run), "--resume"]) == 0
+        assert (run / "eval.json").exists() and (run / "reward_model" / "tokenizer_config.json").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

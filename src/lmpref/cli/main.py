@@ -507,13 +507,38 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"lmpref: interrupted{resume}", file=sys.stderr)
         return 130
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+    except Exception as e:
+        err = _write_error(e)
+        if err is None:
             raise
         print(
-            f"lmpref: error: {e.strerror} writing {e.filename or 'a file'}: free space or choose a writable --out / "
-            "--run-dir; "
-            "files are written whole (atomic renames), so --resume continues from the last finished step",
+            f"lmpref: error: {err} writing {getattr(e, 'filename', None) or 'a file'}: free space or choose a writable "
+            "--out / --run-dir; files are written whole (atomic renames), so --resume continues from the last "
+            "finished step",
             file=sys.stderr,
         )
         return 2
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+_WRITE_ERRNOS |= {
+    errno.EACCES: "Permission denied",
+    errno.EROFS: "Read-only file system",
+    errno.EPERM: "Permission denied",
+}
+
+
+def _write_error(e: BaseException) -> str | None:
+    """The reason a write failed for lack of space or permission, or None for any other error.
+    Writers outside Python's I/O (safetensors' Rust serializer) report the OS error only in their
+    message ("... No space left on device (os error 28)"), so the chain of causes and the message
+    are read too."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _WRITE_ERRNOS:
+            return seen.strerror or _WRITE_ERRNOS[seen.errno]
+        for code, reason in _WRITE_ERRNOS.items():
+            if f"(os error {code})" in str(seen):
+                return reason
+        seen = seen.__cause__ or seen.__context__
+    return None
