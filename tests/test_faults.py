@@ -467,16 +467,19 @@ def test_train_policy_resume_refuses_a_changed_config_but_may_train_longer(tmp_p
         check_resume(shorter, run / "config.json", may_grow=("ppo.total_episodes",))
 
 
-def test_a_real_full_disk_stops_with_one_line_and_resume_finishes(tmp_path, capsys):
-    """The run directory on a 2 MB tmpfs: the reward model (about 13 MB) cannot be written. The
-    error comes from safetensors' Rust writer, not Python's I/O (a SafetensorError, "os error 28"):
-    one line, exit 2, no half-written folder; with the disk grown, --resume finishes the run."""
+@pytest.mark.parametrize("size, full_at", [("2m", "reward_model"), ("40m", "checkpoint")])
+def test_a_real_full_disk_stops_with_one_line_and_resume_finishes(tmp_path, capsys, size, full_at):
+    """The run directory on a small tmpfs. At 2 MB the reward model (about 17 MB) cannot be written:
+    the error comes from safetensors' Rust writer ("os error 28"), not Python's I/O. At 40 MB the
+    reward model fits and PPO's first checkpoint does not (its 27 MB optimizer state; torch.save's
+    own writer says only "unexpected pos"). Either way: one line, exit 2, no half-written folder;
+    with the disk grown, --resume finishes the run."""
     import os
     import subprocess
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
     if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("needs root and a tmpfs mount to fill a real disk")
     try:
@@ -484,8 +487,10 @@ def test_a_real_full_disk_stops_with_one_line_and_resume_finishes(tmp_path, caps
         assert main(["run", *TINY, "--run-dir", str(run)]) == 2
         line = _one_clean_line(capsys)
         assert line.startswith("lmpref: error: No space left on device") and "--resume" in line
-        assert (run / "labels.jsonl").exists() and not (run / "reward_model").exists()
-        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left
+        assert (run / "labels.jsonl").exists() and (run / "reward_model").exists() == (full_at == "checkpoint")
+        assert not list((run / "checkpoints").glob("update-*")) and not (run / "checkpoints" / "latest").exists()
+        left = [p.name for p in [*run.iterdir(), *run.glob("checkpoints/*")] if p.name.endswith(".tmp")]
+        assert left == []  # nothing half-written left
         subprocess.run(["mount", "-o", "remount,size=512m", str(disk)], check=True)
         assert main(["run", *TINY, "--run-dir", str(run), "--resume"]) == 0
         assert (run / "eval.json").exists() and (run / "reward_model" / "tokenizer_config.json").exists()

@@ -27,7 +27,8 @@ def checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
         with atomic_dir(final) as tmp:
             PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
-            torch.save(moments, tmp / "optimizer.pt")
+            with open(tmp / "optimizer.pt", "wb") as f:  # through Python's I/O: a full disk is an OSError
+                torch.save(moments, f)
             atomic_write_text(tmp / "state.json", json.dumps(state))
         atomic_write_text(ckpts / "latest", final.name)  # the pointer moves only once the checkpoint is whole
         for old in sorted(ckpts.glob("update-*"))[:-2]:  # keep the last two
