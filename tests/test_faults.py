@@ -156,25 +156,19 @@ def test_samples_missing_fields(trained, tmp_path, capsys):
     assert main(["label", str(samples), "--out", str(tmp_path / "l.jsonl")]) == 2
     assert f"{samples}:1: sampling record lacks 'responses'" in _one_clean_line(capsys)
     rec = json.loads((trained / "s.jsonl").read_text().splitlines()[0])
-    del rec["query_ids"]
+    del rec["responses"]
     samples.write_text(json.dumps(rec) + "\n")
-    assert (
-        main(
-            [
-                "train-reward",
-                *TINY,
-                "--labels",
-                str(trained / "l.jsonl"),
-                "--samples",
-                str(samples),
-                "--out",
-                str(tmp_path / "rm"),
-            ]
-        )
-        == 2
-    )
-    assert "lacks 'query_ids'" in _one_clean_line(capsys)
+    argv = ["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples)]
+    assert main([*argv, "--out", str(tmp_path / "rm")]) == 2
+    assert f"{samples}:1: sampling record lacks 'responses'" in _one_clean_line(capsys)
     assert not (tmp_path / "rm").exists()
+    # Token ids are optional (issue 17: outside samples are text): without them the text is encoded.
+    text_only = {
+        k: v for k, v in json.loads((trained / "s.jsonl").read_text().splitlines()[0]).items() if "ids" not in k
+    }
+    samples.write_text(json.dumps(text_only) + "\n")
+    assert main([*argv, "--out", str(tmp_path / "rm-text")]) == 0
+    assert (tmp_path / "rm-text" / "config.json").exists()
 
 
 def test_empty_samples_file_is_named(trained, tmp_path, capsys):

@@ -99,11 +99,19 @@ def cmd_train_reward(args) -> int:
     m = step_train_reward(
         cfg,
         Path(args.labels),
-        Path(args.samples),
+        Path(args.samples) if args.samples else None,
         Path(args.out),
         Path(args.out).with_name(Path(args.out).name + "_metrics.jsonl"),
+        test_labels_path=Path(args.test_labels) if args.test_labels else None,
     )
     print(json.dumps({k: v for k, v in m.items() if k.startswith(("accuracy", "chance", "n_"))}, indent=2))
+    if m["n_heldout"]:
+        lo, hi = m["accuracy_after_ci"]
+        where = f"the labels in {args.test_labels}" if args.test_labels else "held-out labels (split by prompt)"
+        print(
+            f"held-out accuracy on {where}: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
+            f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}, chance {m['chance']:.1%}); trained on {m['n_train']}"
+        )
     print(f"saved the reward model to {args.out}")
     return 0
 
@@ -382,8 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train-reward", help="train a reward model on best-of-K labels (ours or OpenAI's released files)"
     )
     _config_args(p)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--samples", required=True, help="reference-model samples (sampling JSONL) to normalise on")
+    p.add_argument("--labels", required=True, help="best-of-K labels: lmpref's, OpenAI's or pairwise; text or ids")
+    p.add_argument(
+        "--samples",
+        help="reference-model samples (sampling JSONL, token ids or text) to normalise on; "
+        "default: the labels' own responses",
+    )
+    p.add_argument("--test-labels", help="measure held-out accuracy on this label file (every --labels row trains)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train_reward)
 

@@ -16,6 +16,7 @@ run_dir/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -73,25 +74,70 @@ def step_label(samples: Path, out: Path, *, labeler: str, temperature: float, se
 
 
 def step_train_reward(
-    cfg: RunConfig, labels_path: Path, samples_path: Path, out: Path, log_path: Path | None = None
+    cfg: RunConfig,
+    labels_path: Path,
+    samples_path: Path | None,
+    out: Path,
+    log_path: Path | None = None,
+    *,
+    test_labels_path: Path | None = None,
 ) -> dict:
-    from lmpref.core.reward import norm_pairs_from_records, read_labels, train_reward
+    """A reward model on a label file (lmpref's best-of-K, OpenAI's or pairwise; text or token ids),
+    cut to the task's lengths (a query keeps its end, a response its start). Normalised on the
+    reference model's samples (`samples_path`: sampling JSONL, with token ids or text only) or, with
+    none, on the labels' own responses. Held out: `test_labels_path` when given, else the share
+    `reward.holdout_fraction` split by prompt; the accuracy comes with its 95% Wilson interval."""
+    from lmpref.core.reward import (
+        by_prompt,
+        norm_pairs_from_labels,
+        norm_pairs_from_records,
+        read_labels,
+        train_reward,
+        truncate_labels,
+    )
+    from lmpref.eval.winrate import wilson_interval
+    from lmpref.records import SampleRecord
 
     device = setup(cfg)
     trunk = cfg.model.reward_model or cfg.model.name
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
-    labels = read_labels(labels_path, tok)
-    rows = list(read_jsonl(samples_path))
-    require_records(samples_path, rows, "samples")
-    for lineno, rec in rows:
-        require_keys(samples_path, lineno, rec, ("query_ids", "response_ids"), "sampling")
-    norm_pairs = norm_pairs_from_records([r for _, r in rows], cfg.reward.norm_samples, cfg.seed)
+    lengths = (cfg.task.query_length, cfg.task.response_length)
+    labels = by_prompt(truncate_labels(read_labels(labels_path, tok), *lengths))
+    heldout = truncate_labels(read_labels(test_labels_path, tok), *lengths) if test_labels_path else None
+    if samples_path is None:
+        norm_pairs = norm_pairs_from_labels(labels, cfg.reward.norm_samples, cfg.seed)
+    else:
+        rows = list(read_jsonl(samples_path))
+        require_records(samples_path, rows, "samples")
+        records = []
+        for lineno, raw in rows:
+            require_keys(samples_path, lineno, raw, ("query", "responses"), "sampling")
+            rec = SampleRecord.from_json(raw, where=f"{samples_path}:{lineno}")
+            if rec.query_ids is None or rec.response_ids is None or None in rec.response_ids:  # text only
+                encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+                rec = dataclasses.replace(
+                    rec, query_ids=encode(rec.query), response_ids=[encode(r) for r in rec.responses]
+                )
+            query_ids = rec.query_ids[-lengths[0] :]
+            records.append({"query_ids": query_ids, "response_ids": [r[: lengths[1]] for r in rec.response_ids]})
+        norm_pairs = norm_pairs_from_records(records, cfg.reward.norm_samples, cfg.seed)
     rm = new_reward_model(cfg, trunk, tok, device)
     metrics = train_reward(
-        rm, labels, norm_pairs, cfg.reward, pad_id=tok.pad_token_id, seed=cfg.seed, log=_fresh_log(log_path)
+        rm,
+        labels,
+        norm_pairs,
+        cfg.reward,
+        pad_id=tok.pad_token_id,
+        seed=cfg.seed,
+        log=_fresh_log(log_path),
+        heldout=heldout,
     )
+    hits = round(metrics["accuracy_after"] * metrics["n_heldout"]) if metrics["n_heldout"] else 0
     metrics.update(
         {
+            "accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])) if metrics["n_heldout"] else None,
+            "test_labels": str(test_labels_path) if test_labels_path else None,
+            "normalised_on": str(samples_path) if samples_path else "the labels' own responses",
             "labels": str(labels_path),
             "trunk": trunk,
             "seed": cfg.seed,
