@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Conflict, Invalid, NotFound
-from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Run, Sample, Task, utcnow
+from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Query, Run, Sample, Task, utcnow
 
 # An open assignment stops counting against a task's redundancy after this long, so a task
 # abandoned in a closed tab goes back to the queue.
@@ -36,10 +36,20 @@ class Served:
     guidelines: str | None = None  # the run's, for the labeler
 
 
-def _served(session: Session, assignment: Assignment) -> Served:
-    task = assignment.task
+def _load(session: Session, task_id: int, *where) -> tuple[Task, Run] | None:  # noqa: ANN002
+    """The task with its query, samples and run in one statement (None if `where` excludes it)."""
+    q = (
+        select(Task, Run)
+        .join(Run, Run.id == Task.run_id)
+        .where(Task.id == task_id, *where)
+        .options(joinedload(Task.query, innerjoin=True).joinedload(Query.samples))
+    )
+    row = session.execute(q).unique().first()
+    return None if row is None else (row[0], row[1])
+
+
+def _served(assignment: Assignment, task: Task, run: Run) -> Served:
     slots = valid_samples(task.query)
-    run = session.get(Run, task.run_id)
     return Served(
         assignment=assignment,
         task=task,
@@ -49,8 +59,8 @@ def _served(session: Session, assignment: Assignment) -> Served:
     )
 
 
-def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
-    """Filter: normal tasks of the run this labeler has not seen and that still need labels."""
+def _available(labeler_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
+    """Filter: normal tasks this labeler has not seen and that still need labels."""
     n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
     n_open = (
         select(func.count(Assignment.id))
@@ -59,35 +69,68 @@ def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedel
     )
     seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler_id)
     is_gold = exists().where(GoldTask.task_id == Task.id)
-    return (Task.run_id == run_id, ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
+    return (~seen, ~is_gold, n_labels + n_open < Task.redundancy)
 
 
 def next_task(
     session: Session, *, labeler: Labeler, run: str | None = None, lease: dt.timedelta = LEASE
 ) -> Served | None:
-    """The labeler's open task, else a new one (oldest first, gold mixed in), else None.
+    """The labeler's open task, else a new one (oldest run, then oldest task first, gold mixed
+    in), else None.
 
-    Concurrency: we lock the labeler row, then the run row (always in that order, so no
-    deadlocks) before choosing, so two labelers never take the last free slot of a task and
-    one labeler's double click returns the same task. SQLite gets the same from BEGIN IMMEDIATE.
+    Concurrency. SQLite: BEGIN IMMEDIATE (and a lock per process, see `db.transaction`) makes
+    every call run alone. PostgreSQL: we lock the labeler row, so one labeler's double click
+    returns the same task, then take the first free task with `FOR UPDATE SKIP LOCKED`, so
+    labelers choosing at once take different tasks instead of queueing on one lock. Whoever
+    holds a task's lock re-checks in a fresh statement that it still needs labels (a choice
+    made on an older snapshot may be stale), so two labelers never take its last free slot.
+    Statements per call (counted in tests/web/test_web_query_counts.py): 2 for an open task,
+    4 for a new one, plus the labeler lock on PostgreSQL.
     """
-    session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
-    runs = [get_run(session, name=run)] if run else list(session.scalars(select(Run).order_by(Run.id)))
-    open_q = select(Assignment).where(Assignment.labeler_id == labeler.id, Assignment.status == "open")
-    if run:
-        open_q = open_q.join(Task).where(Task.run_id == runs[0].id)
-    current = session.scalars(open_q.order_by(Assignment.id).limit(1)).first()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
+    in_run = (Run.name == run,) if run else ()
+    current = session.scalars(
+        select(Assignment)
+        .join(Task, Task.id == Assignment.task_id)
+        .join(Run, Run.id == Task.run_id)
+        .where(Assignment.labeler_id == labeler.id, Assignment.status == "open", *in_run)
+        .order_by(Assignment.id)
+        .limit(1)
+    ).first()
     if current is not None:
-        return _served(session, current)
+        task, run_row = _load(session, current.task_id)
+        return _served(current, task, run_row)
 
     now = utcnow()
-    for run_row in runs:
-        session.execute(select(Run.id).where(Run.id == run_row.id).with_for_update())
-        task = session.scalars(
-            select(Task).where(*_available(labeler.id, run_row.id, now, lease)).order_by(Task.id).limit(1)
-        ).first()
-        if task is None:
-            continue  # nothing to label here; gold alone would waste the labeler's time
+    available = _available(labeler.id, now, lease)
+    candidates = (
+        select(Task.id, Task.run_id, Run.gold_rate)
+        .join(Run, Run.id == Task.run_id)
+        .where(*available, *in_run)
+        .order_by(Task.run_id, Task.id)
+        .limit(1)
+    )
+    # PostgreSQL: first skip tasks others hold; if that finds none, wait for them, so "nothing to
+    # label" is never an artefact of a lock held for a few milliseconds.
+    for skip_locked in (True, False) if postgres else (None,):
+        for _ in range(100):  # each miss is a task another labeler just filled
+            q = candidates if skip_locked is None else candidates.with_for_update(of=Task, skip_locked=skip_locked)
+            row = session.execute(q).first()
+            if row is None:
+                break
+            # On PostgreSQL the task is locked by now: a fresh statement sees every assignment made.
+            loaded = _load(session, row.id, *available) if postgres else _load(session, row.id)
+            if loaded is not None:
+                return _assign(session, labeler, *loaded, gold_rate=row.gold_rate, now=now)
+    if run:
+        get_run(session, name=run)  # an unknown run is a 404, not "nothing to label"
+    return None
+
+
+def _assign(session: Session, labeler: Labeler, task: Task, run_row: Run, *, gold_rate: float, now: dt.datetime) -> Served:
+    if gold_rate > 0:
         n_seen = session.scalar(
             select(func.count(Assignment.id)).join(Task).where(
                 Assignment.labeler_id == labeler.id, Task.run_id == run_row.id
@@ -95,27 +138,34 @@ def next_task(
         )
         # Seeded by (labeler, count) so the mix is reproducible yet not guessable from the page.
         rng = random.Random(f"gold:{labeler.id}:{n_seen}")
-        if run_row.gold_rate > 0 and rng.random() < run_row.gold_rate:
+        if rng.random() < gold_rate:
             seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
             gold_ids = list(
                 session.scalars(select(Task.id).join(GoldTask).where(Task.run_id == run_row.id, ~seen))
             )
             if gold_ids:
-                task = session.get(Task, rng.choice(sorted(gold_ids)))
-        k = len(valid_samples(task.query))
-        order = list(range(k))
-        random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
-        assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now)
-        session.add(assignment)
-        session.flush()
-        return _served(session, assignment)
-    return None
+                task, run_row = _load(session, rng.choice(sorted(gold_ids)))
+    k = len(valid_samples(task.query))
+    order = list(range(k))
+    random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
+    assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now, status="open")
+    assignment.task = task
+    session.add(assignment)
+    session.flush()
+    return _served(assignment, task, run_row)
 
 
 def _assignment(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:
-    assignment = session.scalar(
-        select(Assignment).where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id)
+    # With its task (one statement). On PostgreSQL the row is locked, so two submissions of one
+    # answer queue here and the second sees it done (SQLite runs writers one at a time anyway).
+    q = (
+        select(Assignment)
+        .where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id)
+        .options(joinedload(Assignment.task, innerjoin=True))
     )
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(of=Assignment)
+    assignment = session.scalar(q)
     if assignment is None:
         # Same answer for "no such task" and "not yours": labelers cannot probe others' tasks.
         raise NotFound(f"task {task_id} is not assigned to you")
@@ -196,13 +246,15 @@ def save_label(
         too_fast=seconds < min_seconds,
         created_at=now,
     )
+    label.assignment = assignment
+    session.add(label)
+    assignment.status = "done"
+    assignment.closed_at = now
     try:
-        # A savepoint, so a lost race (unique constraint) leaves the session usable.
-        with session.begin_nested():
-            session.add(label)
-            assignment.status = "done"
-            assignment.closed_at = now
+        session.flush()
     except IntegrityError:
+        # Not reached in normal use (the assignment's status, checked above under a lock or
+        # SQLite's single writer, rules a second label out); the caller's transaction is over.
         raise Conflict(f"task {task_id} is already labeled") from None
     return label
 
