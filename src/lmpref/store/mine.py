@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from lmpref.store.errors import Conflict, NotFound
 from lmpref.store.models import Assignment, Label, Labeler, Query, Run, Task, utcnow
+from lmpref.store.queue import mark_complete
 
 UNDO_WINDOW = dt.timedelta(minutes=2)
 
@@ -70,4 +71,5 @@ def undo_label(session: Session, *, labeler: Labeler, label_id: int, window: dt.
     assignment.status = "open"
     assignment.closed_at = None
     session.flush()
+    mark_complete(session, assignment.task_id)
     return assignment

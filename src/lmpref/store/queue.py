@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -69,7 +69,7 @@ def _available(labeler_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa:
     )
     seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler_id)
     is_gold = exists().where(GoldTask.task_id == Task.id)
-    return (~seen, ~is_gold, n_labels + n_open < Task.redundancy)
+    return (Task.complete == false(), ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
 
 
 def next_task(
@@ -256,7 +256,19 @@ def save_label(
         # Not reached in normal use (the assignment's status, checked above under a lock or
         # SQLite's single writer, rules a second label out); the caller's transaction is over.
         raise Conflict(f"task {task_id} is already labeled") from None
+    mark_complete(session, task_id, only_if_full=True)
     return label
+
+
+def mark_complete(session: Session, task_id: int, *, only_if_full: bool = False) -> None:
+    """Set `Task.complete` from the task's label count. `only_if_full` (after a new label): touch
+    the row only when it fills the task, so labels of unfinished tasks take no row lock on it.
+    Under concurrent labels on PostgreSQL the flag may stay false on a full task; that only
+    costs the next-task query a few probes, since it re-checks the counts anyway."""
+    full = select(func.count(Label.id)).where(Label.task_id == task_id).scalar_subquery() >= Task.redundancy
+    q = update(Task).where(Task.id == task_id)
+    q = q.where(Task.complete == false(), full).values(complete=True) if only_if_full else q.values(complete=full)
+    session.execute(q.execution_options(synchronize_session=False))
 
 
 def skip_task(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:
