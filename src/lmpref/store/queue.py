@@ -8,16 +8,17 @@ slot shown at `position`. Labelers answer in positions; the store keeps slots.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import exists, false, func, select, update
+from sqlalchemy import Integer, String, bindparam, exists, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Conflict, Invalid, NotFound
-from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Query, Run, Sample, Task, utcnow
+from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Query, Run, Sample, Task, UTCDateTime, utcnow
 
 # An open assignment stops counting against a task's redundancy after this long, so a task
 # abandoned in a closed tab goes back to the queue.
@@ -36,15 +37,62 @@ class Served:
     guidelines: str | None = None  # the run's, for the labeler
 
 
-def _load(session: Session, task_id: int, *where) -> tuple[Task, Run] | None:  # noqa: ANN002
-    """The task with its query, samples and run in one statement (None if `where` excludes it)."""
-    q = (
+# The statements of `next_task` are built once, with bound parameters, and reused: building
+# SQLAlchemy expressions cost about as much CPU per call as running them.
+_P_LABELER, _P_TASK = bindparam("labeler_id", type_=Integer()), bindparam("task_id", type_=Integer())
+_P_CUTOFF, _P_RUN = bindparam("cutoff", type_=UTCDateTime()), bindparam("run", type_=String())
+
+
+def _available():  # noqa: ANN202
+    """Filter: normal tasks the labeler (`:labeler_id`) has not seen and that still need labels
+    (an open assignment served after `:cutoff`, within its lease, holds a slot)."""
+    n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
+    n_open = (
+        select(func.count(Assignment.id))
+        .where(Assignment.task_id == Task.id, Assignment.status == "open", Assignment.served_at > _P_CUTOFF)
+        .scalar_subquery()
+    )
+    seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == _P_LABELER)
+    is_gold = exists().where(GoldTask.task_id == Task.id)
+    return (Task.complete == false(), ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
+
+
+@functools.cache
+def _statements(in_run: bool, lock: bool | None, recheck: bool):  # noqa: ANN202, FBT001
+    """(open assignment, candidate task, task loader) for `next_task`. `lock`: None, or the
+    candidate is taken FOR UPDATE (SKIP LOCKED if True); `recheck`: the loader re-applies
+    `_available` (under the candidate's lock, in a fresh statement)."""
+    run_filter = (Run.name == _P_RUN,) if in_run else ()
+    current = (
+        select(Assignment)
+        .join(Task, Task.id == Assignment.task_id)
+        .join(Run, Run.id == Task.run_id)
+        .where(Assignment.labeler_id == _P_LABELER, Assignment.status == "open", *run_filter)
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+    candidate = (
+        select(Task.id, Task.run_id, Run.gold_rate)
+        .join(Run, Run.id == Task.run_id)
+        .where(*_available(), *run_filter)
+        .order_by(Task.run_id, Task.id)
+        .limit(1)
+    )
+    if lock is not None:
+        candidate = candidate.with_for_update(of=Task, skip_locked=lock)
+    load = (
         select(Task, Run)
         .join(Run, Run.id == Task.run_id)
-        .where(Task.id == task_id, *where)
+        .where(Task.id == _P_TASK, *(_available() if recheck else ()))
         .options(joinedload(Task.query, innerjoin=True).joinedload(Query.samples))
     )
-    row = session.execute(q).unique().first()
+    return current, candidate, load
+
+
+def _load(session: Session, task_id: int, stmt=None, **params) -> tuple[Task, Run] | None:  # noqa: ANN001, ANN003
+    """The task with its query, samples and run in one statement (None if `stmt`'s filter excludes it)."""
+    stmt = stmt if stmt is not None else _statements(False, None, False)[2]  # noqa: FBT003
+    row = session.execute(stmt, {"task_id": task_id, **params}).unique().first()
     return None if row is None else (row[0], row[1])
 
 
@@ -57,19 +105,6 @@ def _served(assignment: Assignment, task: Task, run: Run) -> Served:
         samples=[slots[s] for s in assignment.order],
         guidelines=run.guidelines,
     )
-
-
-def _available(labeler_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
-    """Filter: normal tasks this labeler has not seen and that still need labels."""
-    n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
-    n_open = (
-        select(func.count(Assignment.id))
-        .where(Assignment.task_id == Task.id, Assignment.status == "open", Assignment.served_at > now - lease)
-        .scalar_subquery()
-    )
-    seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler_id)
-    is_gold = exists().where(GoldTask.task_id == Task.id)
-    return (Task.complete == false(), ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
 
 
 def next_task(
@@ -90,38 +125,25 @@ def next_task(
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
-    in_run = (Run.name == run,) if run else ()
-    current = session.scalars(
-        select(Assignment)
-        .join(Task, Task.id == Assignment.task_id)
-        .join(Run, Run.id == Task.run_id)
-        .where(Assignment.labeler_id == labeler.id, Assignment.status == "open", *in_run)
-        .order_by(Assignment.id)
-        .limit(1)
-    ).first()
+    now = utcnow()
+    params = {"labeler_id": labeler.id, "cutoff": now - lease, **({"run": run} if run else {})}
+    current_q = _statements(bool(run), None, False)[0]  # noqa: FBT003
+    current = session.scalars(current_q, {k: v for k, v in params.items() if k != "cutoff"}).first()
     if current is not None:
         task, run_row = _load(session, current.task_id)
         return _served(current, task, run_row)
 
-    now = utcnow()
-    available = _available(labeler.id, now, lease)
-    candidates = (
-        select(Task.id, Task.run_id, Run.gold_rate)
-        .join(Run, Run.id == Task.run_id)
-        .where(*available, *in_run)
-        .order_by(Task.run_id, Task.id)
-        .limit(1)
-    )
     # PostgreSQL: first skip tasks others hold; if that finds none, wait for them, so "nothing to
     # label" is never an artefact of a lock held for a few milliseconds.
-    for skip_locked in (True, False) if postgres else (None,):
+    for lock in (True, False) if postgres else (None,):
+        _, candidate_q, load_q = _statements(bool(run), lock, postgres)
         for _ in range(100):  # each miss is a task another labeler just filled
-            q = candidates if skip_locked is None else candidates.with_for_update(of=Task, skip_locked=skip_locked)
-            row = session.execute(q).first()
+            row = session.execute(candidate_q, params).first()
             if row is None:
                 break
             # On PostgreSQL the task is locked by now: a fresh statement sees every assignment made.
-            loaded = _load(session, row.id, *available) if postgres else _load(session, row.id)
+            load_params = {"labeler_id": labeler.id, "cutoff": params["cutoff"]} if postgres else {}
+            loaded = _load(session, row.id, load_q, **load_params)
             if loaded is not None:
                 return _assign(session, labeler, *loaded, gold_rate=row.gold_rate, now=now)
     if run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -195,9 +196,17 @@ def _wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/")
 
 
+SETTINGS_ENV = "LMPREF_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `lmpref serve --workers N` process: settings come as JSON in $LMPREF_SERVE_SETTINGS."""
+    return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    sessions = store.open_store(settings.db_url)  # runs migrations
+    sessions = store.open_store(settings.db_url, processes=settings.workers)  # runs migrations
     with store.transaction(sessions) as session:
         secret = settings.secret or store.server_secret(session)
 

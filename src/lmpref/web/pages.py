@@ -124,12 +124,14 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
     else:
         fast = None
     if served is None:
-        return render(request, "empty.html", user=user, run=run, done=done, mine=mine, undo=undo, andon_run=run,
+        share = store.my_share(session, labeler=user.labeler, run=run) if run else None
+        return render(request, "empty.html", user=user, run=run, done=done, mine=mine, share=share, undo=undo, andon_run=run,
                       **({"message": fast} if fast else {}))
     task = task_public(served)
     samples = [(s, segments(s.text, s.copied_spans)) for s in task.samples]
     context = context_segments(task.context, [s.context_spans for s in task.samples])
     depth = store.progress(session, run=served.run).queue_depth
+    share = store.my_share(session, labeler=user.labeler, run=served.run)
     elapsed = int((utcnow() - served.assignment.served_at).total_seconds())
     return render(
         request,
@@ -144,6 +146,7 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
         elapsed=elapsed,
         andon_run=served.run,
         mine=mine,
+        share=share,
         undo=undo,
         **({"message": fast} if fast else {}),
     )
@@ -211,8 +214,11 @@ def history(request: Request, user: PageLabeler, session: SessionDep) -> HTMLRes
 @router.post("/history/{label_id}/undo")
 def undo(label_id: Id, user: PageLabeler, session: SessionDep, csrf: Text) -> RedirectResponse:
     user.check_csrf(csrf)
-    store.undo_label(session, labeler=user.labeler, label_id=label_id)
-    return RedirectResponse("/compare?msg=undone", status_code=303)
+    assignment = store.undo_label(session, labeler=user.labeler, label_id=label_id)
+    # Back to the run of the task undone: unfiltered, /compare would show the labeler's oldest
+    # open task, which may belong to another run.
+    run = session.get(store.Run, assignment.task.run_id).name
+    return RedirectResponse("/compare?" + urlencode({"run": run, "msg": "undone"}), status_code=303)
 
 
 @router.post("/andon")
