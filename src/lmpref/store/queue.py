@@ -79,7 +79,9 @@ def _statements(in_run: bool, lock: bool | None, recheck: bool):  # noqa: ANN202
         .limit(1)
     )
     if lock is not None:
-        candidate = candidate.with_for_update(of=Task, skip_locked=lock)
+        # FOR NO KEY UPDATE: excludes other pickers of the task, yet not the foreign-key checks
+        # of labels being saved on it meanwhile (FOR UPDATE would make those wait).
+        candidate = candidate.with_for_update(of=Task, skip_locked=lock, key_share=True)
     load = (
         select(Task, Run)
         .join(Run, Run.id == Task.run_id)
@@ -124,7 +126,7 @@ def next_task(
     """
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
-        session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
+        session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update(key_share=True))
     now = utcnow()
     params = {"labeler_id": labeler.id, "cutoff": now - lease, **({"run": run} if run else {})}
     current_q = _statements(bool(run), None, False)[0]  # noqa: FBT003
