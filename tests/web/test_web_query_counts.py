@@ -41,7 +41,7 @@ def served(request, tmp_path):
     statements: list[str] = []
     engine = app.state.sessions.kw["bind"]
 
-    def count(conn, cursor, statement, *args):  # noqa: ANN001, ANN002
+    def count(conn, cursor, statement, *args):
         statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
@@ -93,7 +93,7 @@ def test_compare_page_and_answer(served):
 
 def test_a_full_task_is_marked_complete_and_undo_reopens_it(served):
     """`tasks.complete` lets the next-task query skip finished tasks; it must follow the labels."""
-    client, tokens, counting, limit = served
+    client, tokens, _, _ = served
     app = client.app
     answered = {}
     for name in ("ann", "bob"):

@@ -58,7 +58,7 @@ def _available():  # noqa: ANN202
 
 
 @functools.cache
-def _statements(in_run: bool, lock: bool | None, recheck: bool):  # noqa: ANN202, FBT001
+def _statements(in_run: bool, lock: bool | None, recheck: bool):
     """(open assignment, candidate task, task loader) for `next_task`. `lock`: None, or the
     candidate is taken FOR UPDATE (SKIP LOCKED if True); `recheck`: the loader re-applies
     `_available` (under the candidate's lock, in a fresh statement)."""
@@ -91,9 +91,9 @@ def _statements(in_run: bool, lock: bool | None, recheck: bool):  # noqa: ANN202
     return current, candidate, load
 
 
-def _load(session: Session, task_id: int, stmt=None, **params) -> tuple[Task, Run] | None:  # noqa: ANN001, ANN003
+def _load(session: Session, task_id: int, stmt=None, **params) -> tuple[Task, Run] | None:
     """The task with its query, samples and run in one statement (None if `stmt`'s filter excludes it)."""
-    stmt = stmt if stmt is not None else _statements(False, None, False)[2]  # noqa: FBT003
+    stmt = stmt if stmt is not None else _statements(False, None, False)[2]
     row = session.execute(stmt, {"task_id": task_id, **params}).unique().first()
     return None if row is None else (row[0], row[1])
 
@@ -129,7 +129,7 @@ def next_task(
         session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update(key_share=True))
     now = utcnow()
     params = {"labeler_id": labeler.id, "cutoff": now - lease, **({"run": run} if run else {})}
-    current_q = _statements(bool(run), None, False)[0]  # noqa: FBT003
+    current_q = _statements(bool(run), None, False)[0]
     current = session.scalars(current_q, {k: v for k, v in params.items() if k != "cutoff"}).first()
     if current is not None:
         task, run_row = _load(session, current.task_id)
