@@ -5,9 +5,8 @@ import pytest
 
 # tests/ is not a package; make the shared helpers importable from here.
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from web_store_fixtures import fresh_database, postgres_server, sqlite_url  # noqa: E402
-
 from lmpref import store  # noqa: E402
+from web_store_fixtures import fresh_database, postgres_server, sqlite_url  # noqa: E402
 
 
 @pytest.fixture(scope="session")

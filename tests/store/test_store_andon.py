@@ -1,7 +1,7 @@
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
+from web_store_fixtures import record
 
 
 @pytest.fixture

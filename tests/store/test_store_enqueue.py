@@ -1,8 +1,8 @@
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.store.models import Query, Sample, Task
+from web_store_fixtures import record
 
 
 def test_records_become_tasks_with_only_valid_samples(session):
@@ -56,20 +56,23 @@ def _with(**changes):
     return rec
 
 
-@pytest.mark.parametrize("bad", [
-    "not a dict",
-    _with(id=7),
-    _with(id=""),
-    _with(query=None),
-    _with(responses="one string"),
-    _with(responses=[]),
-    _with(responses=["a."] * 17),
-    _with(responses=["a.", 3]),
-    _with(valid=[True]),
-    _with(response_ids=[[1]]),
-    _with(policies=["a"]),
-    _with(query="x" * 100_001),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a dict",
+        _with(id=7),
+        _with(id=""),
+        _with(query=None),
+        _with(responses="one string"),
+        _with(responses=[]),
+        _with(responses=["a."] * 17),
+        _with(responses=["a.", 3]),
+        _with(valid=[True]),
+        _with(response_ids=[[1]]),
+        _with(policies=["a"]),
+        _with(query="x" * 100_001),
+    ],
+)
 def test_malformed_records_fail_loudly(session, bad):
     with pytest.raises(store.Invalid):
         store.enqueue(session, run="r", records=[bad])

@@ -18,7 +18,9 @@ def _label(session, labeler, position_of_slot=None, **kwargs):
 @pytest.fixture
 def labeled_run(session):
     ann, _ = store.create_labeler(session, name="ann")
-    store.enqueue(session, run="r", records=[record(0, valid=[True, False, True, True]), record(1), record(2), record(3)])
+    store.enqueue(
+        session, run="r", records=[record(0, valid=[True, False, True, True]), record(1), record(2), record(3)]
+    )
     _label(session, ann, position_of_slot=2, critique="too long", correction="Shorter.")  # q0: slot 2 = response 3
     _label(session, ann, tie=True)  # q1
     _label(session, ann, flag="garbled query")  # q2: a bare flag is not a label to train on
@@ -48,8 +50,16 @@ def test_too_fast_labels_only_on_request(labeled_run):
 def test_openai_rows_need_four_samples_with_ids(labeled_run):
     rows = list(store.export_records(labeled_run, run="r", fmt="openai", include_fast=True))
     # q0 has 3 valid samples, q1 is a tie: only q3 qualifies.
-    assert rows == [{"query": [103, 101, 102], "sample0": [3, 0, 13], "sample1": [3, 1, 13],
-                     "sample2": [3, 2, 13], "sample3": [3, 3, 13], "best": 1}]
+    assert rows == [
+        {
+            "query": [103, 101, 102],
+            "sample0": [3, 0, 13],
+            "sample1": [3, 1, 13],
+            "sample2": [3, 2, 13],
+            "sample3": [3, 3, 13],
+            "best": 1,
+        }
+    ]
 
 
 def test_pairwise_rows(labeled_run):

@@ -26,12 +26,15 @@ def test_rotate_and_disable_stop_old_tokens(session):
     assert store.authenticate(session, token=new) is None
 
 
-@pytest.mark.parametrize(("name", "role", "error"), [
-    ("", "labeler", store.Invalid),
-    ("has space", "labeler", store.Invalid),
-    ("x" * 65, "labeler", store.Invalid),
-    ("ann", "root", store.Invalid),
-])
+@pytest.mark.parametrize(
+    ("name", "role", "error"),
+    [
+        ("", "labeler", store.Invalid),
+        ("has space", "labeler", store.Invalid),
+        ("x" * 65, "labeler", store.Invalid),
+        ("ann", "root", store.Invalid),
+    ],
+)
 def test_bad_labelers_are_refused(session, name, role, error):
     with pytest.raises(error):
         store.create_labeler(session, name=name, role=role)

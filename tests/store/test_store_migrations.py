@@ -22,8 +22,19 @@ def test_reopening_a_store_is_a_no_op(db_url, factory):
     with store.transaction(again) as session:
         assert [x.name for x in store.list_labelers(session)] == ["ann"]
     tables = set(inspect(again.kw["bind"]).get_table_names())
-    assert {"runs", "batches", "queries", "samples", "tasks", "gold_tasks", "assignments", "labels",
-            "labelers", "andon_events", "alembic_version"} <= tables
+    assert {
+        "runs",
+        "batches",
+        "queries",
+        "samples",
+        "tasks",
+        "gold_tasks",
+        "assignments",
+        "labels",
+        "labelers",
+        "andon_events",
+        "alembic_version",
+    } <= tables
     again.kw["bind"].dispose()
 
 
@@ -52,8 +63,12 @@ def test_0002_turns_existing_tasks_into_comparisons(db_url):
         conn.execute(text("INSERT INTO runs (id, name, gold_rate, created_at) VALUES (1, 'r', 0, CURRENT_TIMESTAMP)"))
         conn.execute(text("INSERT INTO batches (id, run_id, name, created_at) VALUES (1, 1, 'b', CURRENT_TIMESTAMP)"))
         conn.execute(text("INSERT INTO queries (id, batch_id, source_id, text, extra) VALUES (1, 1, 'q', 'Q', '{}')"))
-        conn.execute(text("INSERT INTO tasks (id, run_id, batch_id, query_id, redundancy, created_at) "
-                          "VALUES (1, 1, 1, 1, 1, CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, run_id, batch_id, query_id, redundancy, created_at) "
+                "VALUES (1, 1, 1, 1, 1, CURRENT_TIMESTAMP)"
+            )
+        )
     store.upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT kind FROM tasks")).scalar_one() == "compare"
@@ -70,8 +85,12 @@ def test_0003_adds_web_sessions_and_keeps_labelers(db_url):
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0002")
-        conn.execute(text("INSERT INTO labelers (id, name, role, token_hash, active, created_at) "
-                          "VALUES (1, 'ann', 'labeler', 'h', true, CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO labelers (id, name, role, token_hash, active, created_at) "
+                "VALUES (1, 'ann', 'labeler', 'h', true, CURRENT_TIMESTAMP)"
+            )
+        )
         assert "web_sessions" not in inspect(conn).get_table_names()
     store.upgrade(engine)
     assert "web_sessions" in inspect(engine).get_table_names()

@@ -3,10 +3,10 @@ import math
 import krippendorff
 import numpy as np
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.store.quality import TIE, krippendorff_alpha
+from web_store_fixtures import record
 
 
 def test_alpha_literal_cases():
@@ -48,8 +48,14 @@ def test_report(session):
 def test_gold_accuracy_fast_and_skips(session):
     ann, _ = store.create_labeler(session, name="ann")
     store.enqueue(session, run="r", records=[record(i) for i in range(20)])
-    store.enqueue(session, run="r", records=[record(100 + i, best=i % 4) for i in range(20)],
-                  batch="gold", gold=True, gold_rate=0.5)
+    store.enqueue(
+        session,
+        run="r",
+        records=[record(100 + i, best=i % 4) for i in range(20)],
+        batch="gold",
+        gold=True,
+        gold_rate=0.5,
+    )
     right = wrong = 0
     for i in range(24):
         served = store.next_task(session, labeler=ann)

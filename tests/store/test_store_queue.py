@@ -2,10 +2,10 @@ import datetime as dt
 import threading
 
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.store.models import Label
+from web_store_fixtures import record
 
 
 def _labelers(session, n):
@@ -77,18 +77,21 @@ def test_tasks_come_oldest_first_and_runs_are_separate(session):
         store.next_task(session, labeler=a, run="missing")
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"best": 4}, store.Invalid),
-    ({"best": -1}, store.Invalid),
-    ({}, store.Invalid),
-    ({"best": 0, "tie": True}, store.Invalid),
-    ({"best": 0, "ranking": [0, 1, 2]}, store.Invalid),
-    ({"best": 0, "ranking": [1, 0, 2, 3]}, store.Invalid),
-    ({"best": 0, "ranking": [0, 0, 1, 2]}, store.Invalid),
-    ({"tie": True, "ranking": [0, 1, 2, 3]}, store.Invalid),
-    ({"best": 0, "critique": "x" * 10_001}, store.Invalid),
-    ({"flag": "   "}, store.Invalid),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"best": 4}, store.Invalid),
+        ({"best": -1}, store.Invalid),
+        ({}, store.Invalid),
+        ({"best": 0, "tie": True}, store.Invalid),
+        ({"best": 0, "ranking": [0, 1, 2]}, store.Invalid),
+        ({"best": 0, "ranking": [1, 0, 2, 3]}, store.Invalid),
+        ({"best": 0, "ranking": [0, 0, 1, 2]}, store.Invalid),
+        ({"tie": True, "ranking": [0, 1, 2, 3]}, store.Invalid),
+        ({"best": 0, "critique": "x" * 10_001}, store.Invalid),
+        ({"flag": "   "}, store.Invalid),
+    ],
+)
 def test_bad_labels_are_refused(session, kwargs, error):
     (a,) = _labelers(session, 1)
     store.enqueue(session, run="r", records=[record(0)])

@@ -6,10 +6,9 @@ from fastapi.testclient import TestClient
 
 # tests/ is not a package; make the shared helpers importable from here.
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from web_store_fixtures import sqlite_url  # noqa: E402
-
 from lmpref import store  # noqa: E402
 from lmpref.web import Settings, create_app  # noqa: E402
+from web_store_fixtures import sqlite_url  # noqa: E402
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ def test_add_a_labeler_from_the_page(app, client, tokens):
     assert client.get("/api/me", headers=bearer(token)).json()["name"] == "cat"
     assert client.post("/admin/labelers", data={"csrf": csrf_of(admin), "name": "cat"}).status_code == 409
     assert client.post("/admin/labelers", data={"csrf": csrf_of(admin), "name": "../x"}).status_code == 422
-    assert client.post("/admin/labelers", data={"csrf": csrf_of(admin), "name": "dan", "role": "root"}).status_code == 422
+    assert (
+        client.post("/admin/labelers", data={"csrf": csrf_of(admin), "name": "dan", "role": "root"}).status_code == 422
+    )
 
 
 def test_rotate_ends_the_old_token_and_its_sessions(app, client, tokens):
@@ -40,15 +42,22 @@ def test_rotate_ends_the_old_token_and_its_sessions(app, client, tokens):
 def test_disable_and_enable(app, client, tokens):
     admin = _admin_page(client, tokens)
     csrf = csrf_of(admin)
-    r = client.post("/admin/labelers/active", data={"csrf": csrf, "name": "bob", "active": "false"}, follow_redirects=False)
+    r = client.post(
+        "/admin/labelers/active", data={"csrf": csrf, "name": "bob", "active": "false"}, follow_redirects=False
+    )
     assert r.status_code == 303
     assert client.get("/api/me", headers=bearer(tokens["bob"])).status_code == 401
     assert "disabled" in client.get("/admin").text
     client.post("/admin/labelers/active", data={"csrf": csrf, "name": "bob", "active": "true"})
     assert client.get("/api/me", headers=bearer(tokens["bob"])).status_code == 200
     # An admin cannot lock themselves out; unknown names are 404.
-    assert client.post("/admin/labelers/active", data={"csrf": csrf, "name": "boss", "active": "false"}).status_code == 409
-    assert client.post("/admin/labelers/active", data={"csrf": csrf, "name": "nobody", "active": "false"}).status_code == 404
+    assert (
+        client.post("/admin/labelers/active", data={"csrf": csrf, "name": "boss", "active": "false"}).status_code == 409
+    )
+    assert (
+        client.post("/admin/labelers/active", data={"csrf": csrf, "name": "nobody", "active": "false"}).status_code
+        == 404
+    )
 
 
 def test_labelers_cannot_manage_accounts(app, client, tokens):
@@ -56,5 +65,7 @@ def test_labelers_cannot_manage_accounts(app, client, tokens):
     csrf = csrf_of(client.get("/compare").text)
     assert client.post("/admin/labelers", data={"csrf": csrf, "name": "evil", "role": "admin"}).status_code == 403
     assert client.post("/admin/labelers/rotate", data={"csrf": csrf, "name": "boss"}).status_code == 403
-    assert client.post("/admin/labelers/active", data={"csrf": csrf, "name": "boss", "active": "false"}).status_code == 403
+    assert (
+        client.post("/admin/labelers/active", data={"csrf": csrf, "name": "boss", "active": "false"}).status_code == 403
+    )
     assert client.get("/api/me", headers=bearer(tokens["boss"])).status_code == 200

@@ -3,10 +3,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from web_helpers import bearer, enqueue
-from web_store_fixtures import record, sqlite_url
 
 from lmpref import store
 from lmpref.web import Settings, create_app
+from web_store_fixtures import record, sqlite_url
 
 LABELER_ENDPOINTS = [
     ("GET", "/api/me"),
@@ -53,7 +53,9 @@ def test_label_through_the_api(app, client, tokens):
     assert "Response 1 to query 0." not in [s["text"] for s in task["samples"]]
     assert [s["position"] for s in task["samples"]] == [0, 1, 2]
     assert client.get("/api/tasks/next", headers=h).json()["task_id"] == task["task_id"]  # same until answered
-    r = client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 2, "ranking": [2, 0, 1], "critique": "ok"})
+    r = client.post(
+        f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 2, "ranking": [2, 0, 1], "critique": "ok"}
+    )
     assert r.status_code == 201 and r.json()["best"] == 2
     assert client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 2}).status_code == 409
     assert client.get("/api/tasks/next", headers=h).status_code == 204
@@ -62,17 +64,20 @@ def test_label_through_the_api(app, client, tokens):
     assert exported[0]["responses"][exported[0]["best"]] == chosen
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"best": 4}, 422),  # out of range for 4 samples (store check)
-    ({"best": 16}, 422),  # out of schema range
-    ({"best": -1}, 422),
-    ({"best": "one"}, 422),
-    ({}, 422),
-    ({"best": 0, "tie": True}, 422),
-    ({"best": 0, "critique": "x" * 10_001}, 422),
-    ({"best": 0, "surprise": 1}, 422),
-    ({"best": 0, "ranking": [0, 0, 1, 2]}, 422),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"best": 4}, 422),  # out of range for 4 samples (store check)
+        ({"best": 16}, 422),  # out of schema range
+        ({"best": -1}, 422),
+        ({"best": "one"}, 422),
+        ({}, 422),
+        ({"best": 0, "tie": True}, 422),
+        ({"best": 0, "critique": "x" * 10_001}, 422),
+        ({"best": 0, "surprise": 1}, 422),
+        ({"best": 0, "ranking": [0, 0, 1, 2]}, 422),
+    ],
+)
 def test_bad_labels_get_clear_4xx(app, client, tokens, body, status):
     enqueue(app)
     h = bearer(tokens["ann"])
@@ -107,7 +112,9 @@ def test_labelers_see_only_their_own_labels(app, client, tokens):
     for name in ("ann", "bob"):
         h = bearer(tokens[name])
         task = client.get("/api/tasks/next", headers=h).json()
-        client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"tie": True} if name == "ann" else {"best": 1})
+        client.post(
+            f"/api/tasks/{task['task_id']}/label", headers=h, json={"tie": True} if name == "ann" else {"best": 1}
+        )
     mine = client.get("/api/labels", headers=bearer(tokens["ann"])).json()
     assert len(mine) == 1 and mine[0]["tie"] is True
     assert client.get("/api/labels?limit=0", headers=bearer(tokens["ann"])).status_code == 422
@@ -191,7 +198,9 @@ def test_rate_accuracy_through_the_api(app, client, tokens):
     assert r.status_code == 201 and r.json()["rating"] == "inaccurate" and r.json()["best"] is None
     assert client.post(url, headers=h, json={"rating": "accurate"}).status_code == 409  # exactly once
     rows = client.get("/api/runs/acc/labels?format=ratings", headers=bearer(tokens["boss"])).json()
-    assert [(r["doc_id"], r["policy"], r["rating"], r["note"]) for r in rows] == [("doc0", "ppo", "inaccurate", "wrong date")]
+    assert [(r["doc_id"], r["policy"], r["rating"], r["note"]) for r in rows] == [
+        ("doc0", "ppo", "inaccurate", "wrong date")
+    ]
 
 
 def test_a_comparison_refuses_a_rating(app, client, tokens):
@@ -207,6 +216,7 @@ def test_a_comparison_refuses_a_rating(app, client, tokens):
 def test_the_server_lease_frees_an_unanswered_slot(tmp_path):
     """A task served to ann and left unanswered blocks its one slot for `lease_minutes`, then bob may
     take it; ann's late answer is still accepted."""
+
     def server(lease_minutes):
         app = create_app(Settings(db_url=sqlite_url(tmp_path), min_seconds=0.0, lease_minutes=lease_minutes))
         return app, TestClient(app)

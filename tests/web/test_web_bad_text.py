@@ -6,10 +6,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 from web_helpers import bearer, csrf_of, enqueue, login
-from web_store_fixtures import fresh_database, postgres_server, sqlite_url
 
 from lmpref import store
 from lmpref.web import Settings, create_app
+from web_store_fixtures import fresh_database, postgres_server, sqlite_url
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +49,28 @@ def test_json_label_with_nul_or_lone_surrogate_is_422(served, raw):
     r = client.post(f"/api/tasks/{task_id}/label", headers=h, content=raw.encode())
     assert r.status_code == 422 and "NUL" in r.json()["detail"]
     # Nothing was stored and the same client goes on working (the connection was not reset).
-    assert client.post(f"/api/tasks/{task_id}/label", headers=h, json={"best": 0, "critique": "fine"}).status_code == 201
+    assert (
+        client.post(f"/api/tasks/{task_id}/label", headers=h, json={"best": 0, "critique": "fine"}).status_code == 201
+    )
 
 
-@pytest.mark.parametrize(("method", "path", "raw"), [
-    ("POST", "/api/andon", '{"reason": "stop\\u0000", "run": "r"}'),
-    ("POST", "/api/andon", '{"reason": "stop", "run": "r\\ud800"}'),
-    ("POST", "/api/andon/1/clear", '{"note": "\\u0000"}'),
-    ("POST", "/api/runs/r/enqueue", '{"records": [{"id": "x", "query": "q\\u0000", "responses": ["a", "b"]}]}'),
-    ("POST", "/api/labelers", '{"name": "x\\u0000"}'),
-    ("GET", "/api/runs/r%00/andon", None),
-    ("GET", "/api/runs/r%00/progress", None),
-    ("GET", "/api/runs/r/progress?batch=b%00", None),
-    ("GET", "/api/tasks/next?run=r%00", None),
-    ("GET", "/api/quality?run=%00", None),
-    ("GET", "/api/runs/r/labels?batch=%00", None),
-    ("POST", "/api/runs/r%00/enqueue", '{"records": []}'),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("POST", "/api/andon", '{"reason": "stop\\u0000", "run": "r"}'),
+        ("POST", "/api/andon", '{"reason": "stop", "run": "r\\ud800"}'),
+        ("POST", "/api/andon/1/clear", '{"note": "\\u0000"}'),
+        ("POST", "/api/runs/r/enqueue", '{"records": [{"id": "x", "query": "q\\u0000", "responses": ["a", "b"]}]}'),
+        ("POST", "/api/labelers", '{"name": "x\\u0000"}'),
+        ("GET", "/api/runs/r%00/andon", None),
+        ("GET", "/api/runs/r%00/progress", None),
+        ("GET", "/api/runs/r/progress?batch=b%00", None),
+        ("GET", "/api/tasks/next?run=r%00", None),
+        ("GET", "/api/quality?run=%00", None),
+        ("GET", "/api/runs/r/labels?batch=%00", None),
+        ("POST", "/api/runs/r%00/enqueue", '{"records": []}'),
+    ],
+)
 def test_every_route_rejects_nul_with_422(served, method, path, raw):
     app, client, tokens = served
     headers = {**bearer(tokens["boss"]), "Content-Type": "application/json"}
@@ -83,8 +88,12 @@ def test_forms_reject_nul_with_422(served):
         assert client.post(f"/compare/{task_id}", data={"csrf": csrf, **data}).status_code == 422
     assert client.post("/andon", data={"csrf": csrf, "reason": "x\x00", "run": "r"}).status_code == 422
     assert client.get("/compare?run=r%00").status_code == 422
-    assert client.post(f"/compare/{task_id}", data={"csrf": csrf, "best": "0", "critique": "ok"},
-                       follow_redirects=False).status_code == 303
+    assert (
+        client.post(
+            f"/compare/{task_id}", data={"csrf": csrf, "best": "0", "critique": "ok"}, follow_redirects=False
+        ).status_code
+        == 303
+    )
     with store.transaction(app.state.sessions) as session:
         assert store.progress(session, run="r").labels == 1
         assert store.open_andon_events(session) == []

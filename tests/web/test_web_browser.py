@@ -6,14 +6,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from web_store_fixtures import CHROMIUM, _free_port, record, skip_or_fail, wait_for_port
 
 import lmpref
 from lmpref import store
+from web_store_fixtures import CHROMIUM, _free_port, record, skip_or_fail, wait_for_port
 
 pytestmark = pytest.mark.browser
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SERVE = (
     "import argparse, sys\n"
     "from lmpref.cli.web import register\n"
@@ -28,8 +34,10 @@ def live(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'labels.db'}"
     factory = store.open_store(db)
     with store.transaction(factory) as session:
-        tokens = {name: store.create_labeler(session, name=name, role=role)[1]
-                  for name, role in (("boss", "admin"), ("ann", "labeler"))}
+        tokens = {
+            name: store.create_labeler(session, name=name, role=role)[1]
+            for name, role in (("boss", "admin"), ("ann", "labeler"))
+        }
         records = [record(i) for i in range(8)]
         # A sample that copies the query, for the highlighting check.
         records[0]["responses"][1] = "He wrote that the quick brown fox jumps over it."
@@ -38,7 +46,20 @@ def live(tmp_path_factory):
     src = str(Path(next(iter(lmpref.__path__))).parent)
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--db", db, "--port", str(port), "--min-seconds", "0", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--min-seconds",
+            "0",
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     try:
@@ -161,10 +182,22 @@ def test_rate_accuracy_with_the_keyboard(live, browser):
     base, tokens, factory = live
     doc = "The council voted on Monday to close the old bridge for repairs."
     with store.transaction(factory) as session:
-        store.enqueue(session, run="rate", records=[
-            record(i, k=1, kind="accuracy", doc_id=f"doc{i}", policy="ppo", query=doc,
-                   responses=[f"The council voted on Monday to close bridge {i}."]) for i in range(3)
-        ])
+        store.enqueue(
+            session,
+            run="rate",
+            records=[
+                record(
+                    i,
+                    k=1,
+                    kind="accuracy",
+                    doc_id=f"doc{i}",
+                    policy="ppo",
+                    query=doc,
+                    responses=[f"The council voted on Monday to close bridge {i}."],
+                )
+                for i in range(3)
+            ],
+        )
     page = _login(browser, base, tokens["ann"])
     page.wait_for_url("**/compare")
     page.goto(base + "/compare?run=rate")
@@ -179,7 +212,10 @@ def test_rate_accuracy_with_the_keyboard(live, browser):
     with store.transaction(factory) as session:
         rows = list(store.export_records(session, run="rate", fmt="ratings", include_fast=True))
     assert [(r["doc_id"], r["rating"], r["labeler"]) for r in rows] == [
-        ("doc0", "accurate", "ann"), ("doc1", "inaccurate", "ann"), ("doc2", "unsure", "ann")]
+        ("doc0", "accurate", "ann"),
+        ("doc1", "inaccurate", "ann"),
+        ("doc2", "unsure", "ann"),
+    ]
 
 
 def test_api_docs_render_offline_under_the_csp(live, browser, tmp_path):
@@ -189,8 +225,14 @@ def test_api_docs_render_offline_under_the_csp(live, browser, tmp_path):
     base, tokens, factory = live
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     outside = []
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
-                  else (outside.append(route.request.url), route.abort()))
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(base)
+            else (outside.append(route.request.url), route.abort())
+        ),
+    )
     page = context.new_page()
     page.set_default_timeout(20_000)
     violations = []
@@ -303,8 +345,13 @@ def test_admin_reviews_a_disputed_task(live, browser, tmp_path):
         for name, best in (("ann", 0), ("boss", 1)):
             who = store.get_labeler(session, name=name)
             served = store.next_task(session, labeler=who, run="review")
-            store.save_label(session, labeler=who, task_id=served.task.id, best=best,
-                             critique="too vague" if name == "boss" else None)
+            store.save_label(
+                session,
+                labeler=who,
+                task_id=served.task.id,
+                best=best,
+                critique="too vague" if name == "boss" else None,
+            )
         task_id = served.task.id
     admin = _login(browser, base, tokens["boss"])
     admin.wait_for_url("**/admin")

@@ -2,10 +2,10 @@ import argparse
 import json
 
 import pytest
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.cli.web import register
+from web_store_fixtures import record
 
 
 @pytest.fixture
@@ -57,8 +57,9 @@ def test_enqueue_label_export(lmpref, tmp_path, capsys):
     assert lmpref("label-progress", "--run", "r", "--batch", "round-0") == 0
     out = capsys.readouterr().out
     assert "wrote 3 pairwise rows" in out and "one per (chosen, other) pair" in out
-    assert ("1 labels on non-gold tasks (1 exportable, 0 too fast, 0 bare flags), 0/3 tasks complete, "
-            "5 labels still wanted") in out
+    assert (
+        "1 labels on non-gold tasks (1 exportable, 0 too fast, 0 bare flags), 0/3 tasks complete, 5 labels still wanted"
+    ) in out
     assert lmpref("export-labels", "--run", "nope", tmp_path / "x.jsonl") == 2
 
 
@@ -85,7 +86,13 @@ def test_serve_is_registered():
     parser = argparse.ArgumentParser(prog="lmpref")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--db", "sqlite:///x.db", "--port", "9000"])
-    assert (args.host, args.port, args.db, args.min_seconds, args.lease_minutes) == ("127.0.0.1", 9000, "sqlite:///x.db", 5.0, 15.0)
+    assert (args.host, args.port, args.db, args.min_seconds, args.lease_minutes) == (
+        "127.0.0.1",
+        9000,
+        "sqlite:///x.db",
+        5.0,
+        15.0,
+    )
     assert callable(args.func)  # started for real by test_browser.py
 
 

@@ -38,6 +38,7 @@ def test_context_segments_mark_each_source_with_the_samples_that_copied_it():
 
 def test_compare_page_marks_the_copied_source_in_the_context(app, client, tokens):
     from web_helpers import enqueue, login
+
     from web_store_fixtures import record
 
     rec = record(0)

@@ -5,10 +5,10 @@ import re
 
 from sqlalchemy import select
 from web_helpers import csrf_of, login
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.store.models import Assignment, GoldTask
+from web_store_fixtures import record
 
 
 def test_progress_admin_page_and_export_count_the_same_labels(app, client, tokens, capsys):

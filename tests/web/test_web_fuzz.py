@@ -10,10 +10,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from web_helpers import bearer, enqueue
-from web_store_fixtures import record
 
 from lmpref import store
 from lmpref.web import Settings, create_app
+from web_store_fixtures import record
 
 _APP = {}
 

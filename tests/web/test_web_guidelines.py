@@ -11,8 +11,11 @@ def test_admin_writes_guidelines_labelers_see_them(app, client, tokens):
     login(client, tokens["boss"])
     admin = client.get("/admin?run=r").text
     assert 'id="guidelines-text"' in admin
-    r = client.post("/admin/guidelines", data={"csrf": csrf_of(admin), "run": "r",
-                                               "text": "Prefer the factual one.\n<script>x</script>"}, follow_redirects=False)
+    r = client.post(
+        "/admin/guidelines",
+        data={"csrf": csrf_of(admin), "run": "r", "text": "Prefer the factual one.\n<script>x</script>"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and "msg=guidelines" in r.headers["location"]
     assert "Prefer the factual one." in client.get("/admin?run=r").text
     client.cookies.clear()
@@ -31,7 +34,10 @@ def test_guidelines_through_the_api_admins_only(app, client, tokens):
     r = client.put("/api/runs/r/guidelines", headers=bearer(tokens["boss"]), json=body)
     assert r.status_code == 200 and r.json()["guidelines"] == body["text"]
     assert client.put("/api/runs/nope/guidelines", headers=bearer(tokens["boss"]), json=body).status_code == 404
-    assert client.put("/api/runs/r/guidelines", headers=bearer(tokens["boss"]), json={"text": "x" * 20_001}).status_code == 422
+    assert (
+        client.put("/api/runs/r/guidelines", headers=bearer(tokens["boss"]), json={"text": "x" * 20_001}).status_code
+        == 422
+    )
     # Blank removes them: no panel.
     client.put("/api/runs/r/guidelines", headers=bearer(tokens["boss"]), json={"text": "  "})
     login(client, tokens["ann"])

@@ -33,7 +33,7 @@ def test_progress_history_and_undo(app, client, tokens):
     assert "clear winner" in history and f"<td>{task_id}</td>" in history and "Undo" in history
     label_id = re.search(r'action="/history/(\d+)/undo"', history).group(1)
     r = client.post(f"/history/{label_id}/undo", data={"csrf": csrf_of(history)}, follow_redirects=False)
-    assert r.headers["location"] == "/compare?msg=undone"
+    assert r.headers["location"] == "/compare?run=r&msg=undone"  # back to the run of the task undone
     page = client.get("/compare?msg=undone").text
     assert "Label undone" in page and f'action="/compare/{task_id}"' in page  # the same task is back
     assert 'id="mine-total">0<' in page
@@ -79,6 +79,7 @@ def test_undo_through_the_api(app, client, tokens):
 
 def test_a_too_fast_label_is_announced(tmp_path, tokens=None):
     from fastapi.testclient import TestClient
+
     from web_store_fixtures import sqlite_url
 
     app = create_app(Settings(db_url=sqlite_url(tmp_path), min_seconds=3600))
@@ -93,3 +94,46 @@ def test_a_too_fast_label_is_announced(tmp_path, tokens=None):
     assert "faster than the 3600 s minimum" in page and "will not count" in page
     assert "too fast to count" in page
     assert "too fast" in client.get("/history").text
+
+
+def test_undo_keeps_the_labeler_in_the_run_they_were_labeling(app, client, tokens):
+    """A task of run "a" was served first and left open; then the labeler labels in run "b" and
+    undoes: they must get b's task back, not a's (unfiltered /compare shows the oldest open task)."""
+    enqueue(app, run="a")
+    enqueue(app, run="b")
+    login(client, tokens["ann"])
+    page = client.get("/compare?run=a").text
+    a_task = re.search(r'action="/compare/(\d+)"', page).group(1)
+    page = client.get("/compare?run=b").text
+    b_task = re.search(r'action="/compare/(\d+)"', page).group(1)
+    r = client.post(f"/compare/{b_task}", data={"csrf": csrf_of(page), "best": "0", "run": "b"}, follow_redirects=False)
+    assert r.headers["location"] == "/compare?msg=labeled&run=b"
+    page = client.get(r.headers["location"]).text
+    r = client.post(
+        re.search(r'action="(/history/\d+/undo)"', page).group(1), data={"csrf": csrf_of(page)}, follow_redirects=False
+    )
+    assert r.headers["location"] == "/compare?run=b&msg=undone"
+    page = client.get(r.headers["location"]).text
+    assert (
+        "Label undone" in page and f'action="/compare/{b_task}"' in page and f'action="/compare/{a_task}"' not in page
+    )
+    assert "<small>run b</small>" in page
+
+
+def test_compare_shows_my_assigned_share_of_the_run(app, client, tokens):
+    enqueue(app, redundancy=2)  # 4 tasks, 8 labels wanted
+    login(client, tokens["ann"])
+    page = client.get("/compare").text
+    assert 'id="share-assigned">1<' in page and 'id="share-answered">0<' in page and 'id="share-percent">0%<' in page
+    _label_first(client, best="0")
+    _label_first(client, action="skip")
+    h = bearer(tokens["bob"])
+    task = client.get("/api/tasks/next", headers=h).json()
+    assert client.post(f"/api/tasks/{task['task_id']}/label", headers=h, json={"best": 0}).status_code == 201
+    page = client.get("/compare").text  # ann: 3 served (1 answered, 1 skipped, 1 open); run: 2 labels
+    assert 'id="share-assigned">3<' in page and 'id="share-answered">1<' in page and "1 skipped" in page
+    assert 'id="share-percent">50%<' in page and "of its 2 labels" in page
+    with store.transaction(app.state.sessions) as session:
+        share = store.my_share(session, labeler=store.get_labeler(session, name="ann"), run="r")
+        assert (share.assigned, share.answered, share.skipped, share.run_labels, share.percent) == (3, 1, 1, 2, 50)
+        assert store.my_share(session, labeler=store.get_labeler(session, name="ann"), run="nope").assigned == 0

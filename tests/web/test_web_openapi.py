@@ -18,12 +18,15 @@ def test_a_body_over_the_limit_is_a_documented_413(client, tokens):
     assert "413" in client.get("/openapi.json").json()["paths"]["/api/andon"]["post"]["responses"]
 
 
-@pytest.mark.parametrize(("path", "allow"), [
-    ("/api/andon", "GET, POST"),
-    ("/api/labelers", "GET, POST"),
-    ("/api/me", "GET"),
-    ("/api/tasks/1/label", "POST"),
-])
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/api/andon", "GET, POST"),
+        ("/api/labelers", "GET, POST"),
+        ("/api/me", "GET"),
+        ("/api/tasks/1/label", "POST"),
+    ],
+)
 def test_options_names_every_method_of_a_path(client, path, allow):
     r = client.options(path)
     assert r.status_code == 405 and r.headers["allow"] == allow

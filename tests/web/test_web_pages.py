@@ -1,9 +1,9 @@
 import re
 
 from web_helpers import csrf_of, enqueue, login
-from web_store_fixtures import record
 
 from lmpref import store
+from web_store_fixtures import record
 
 
 def test_pages_need_login(client, tokens):
@@ -93,7 +93,10 @@ def test_bad_form_input_gets_a_clear_error(app, client, tokens):
     task_id = re.search(r'action="/compare/(\d+)"', page).group(1)
     csrf = csrf_of(page)
     assert client.post(f"/compare/{task_id}", data={"csrf": csrf, "best": "7"}).status_code == 422
-    assert client.post(f"/compare/{task_id}", data={"csrf": csrf, "best": "3", "critique": "x" * 10_001}).status_code == 422
+    assert (
+        client.post(f"/compare/{task_id}", data={"csrf": csrf, "best": "3", "critique": "x" * 10_001}).status_code
+        == 422
+    )
     assert client.post("/compare/9999", data={"csrf": csrf, "best": "0"}).status_code == 404
 
 
@@ -102,8 +105,11 @@ def test_andon_from_a_page_reaches_the_admin_page(app, client, tokens):
     login(client, tokens["ann"])
     page = client.get("/compare").text
     assert "Stop training" in page
-    r = client.post("/andon", data={"csrf": csrf_of(page), "reason": "reward hacking!", "run": "r", "back": "//evil.example"},
-                    follow_redirects=False)
+    r = client.post(
+        "/andon",
+        data={"csrf": csrf_of(page), "reason": "reward hacking!", "run": "r", "back": "//evil.example"},
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/compare?msg=andon"
     assert client.get("/admin").status_code == 403  # a labeler is not an admin
     client.cookies.clear()

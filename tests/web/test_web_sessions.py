@@ -6,12 +6,12 @@ import datetime as dt
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from web_helpers import csrf_of, login
-from web_store_fixtures import sqlite_url
 
 from lmpref import store
 from lmpref.store.labelers import hash_token
 from lmpref.store.models import WebSession
 from lmpref.web import Settings, create_app
+from web_store_fixtures import sqlite_url
 
 
 def _logged_in(client, token):
@@ -68,9 +68,15 @@ def test_login_from_another_port_of_this_host_is_refused(app, client, tokens):
     """The attack: a page on :8001 plants the login cookie and posts the attacker's token."""
     page = client.get("/login")
     nonce = csrf_of(page.text)
-    for headers in ({"Origin": "http://testserver:8001"}, {"Sec-Fetch-Site": "same-site"},
-                    {"Referer": "http://testserver:8001/evil"}, {"Origin": "null"}):
-        r = client.post("/login", data={"token": tokens["boss"], "csrf": nonce}, headers=headers, follow_redirects=False)
+    for headers in (
+        {"Origin": "http://testserver:8001"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Referer": "http://testserver:8001/evil"},
+        {"Origin": "null"},
+    ):
+        r = client.post(
+            "/login", data={"token": tokens["boss"], "csrf": nonce}, headers=headers, follow_redirects=False
+        )
         assert r.status_code == 403, headers
         assert "lmpref_session" not in r.headers.get("set-cookie", "")
     ok = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin", "Referer": "http://testserver/login"}

@@ -2,14 +2,15 @@
 
 import re
 
-from web_store_fixtures import record
-
 from lmpref import store
+from web_store_fixtures import record
 
 
 def enqueue(app, records=None, **kwargs):
     with store.transaction(app.state.sessions) as session:
-        return store.enqueue(session, run=kwargs.pop("run", "r"), records=records or [record(i) for i in range(4)], **kwargs)
+        return store.enqueue(
+            session, run=kwargs.pop("run", "r"), records=records or [record(i) for i in range(4)], **kwargs
+        )
 
 
 def bearer(token):

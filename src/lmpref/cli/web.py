@@ -42,12 +42,39 @@ def serve(args: argparse.Namespace) -> int:
             secure_cookies=args.secure_cookies,
             lease_minutes=args.lease_minutes,
             session_hours=args.session_hours,
+            workers=args.workers,
         )
     except ValueError as err:
-        print(f"error: {err}; pass --lease-minutes and --session-hours as positive numbers", file=sys.stderr)
+        print(
+            f"error: {err}; pass --lease-minutes and --session-hours as positive numbers, --workers as 1-64",
+            file=sys.stderr,
+        )
         return 2
     print(f"lmpref labeling server on http://{args.host}:{args.port} (store: {settings.db_url})", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    import dataclasses
+    import json
+    import os
+
+    from lmpref.web.app import SETTINGS_ENV
+
+    # Migrations and the cookie-signing secret once, here, not raced by the workers (which read
+    # the secret from the store: it never goes into the environment).
+    sessions = store.open_store(settings.db_url)
+    with store.transaction(sessions) as session:
+        store.server_secret(session)
+    sessions.kw["bind"].dispose()
+    os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+    uvicorn.run(
+        "lmpref.web.app:app_from_env",
+        factory=True,
+        workers=settings.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -178,6 +205,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
         type=float,
         default=15.0,
         help="how long a served task is held for its labeler before another may take the slot (default 15)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); more use more cores, on SQLite taking turns to write",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)

@@ -36,7 +36,16 @@ from lmpref.store.labelers import (
     set_active,
     start_session,
 )
-from lmpref.store.mine import UNDO_WINDOW, MyProgress, can_undo, my_progress, my_recent_labels, undo_label
+from lmpref.store.mine import (
+    UNDO_WINDOW,
+    MyProgress,
+    MyShare,
+    can_undo,
+    my_progress,
+    my_recent_labels,
+    my_share,
+    undo_label,
+)
 from lmpref.store.models import AndonEvent, Assignment, Label, Labeler, Run, Task
 from lmpref.store.quality import LabelerQuality, QualityReport, quality_report
 from lmpref.store.queue import Progress, Served, next_task, progress, save_label, skip_task
@@ -52,6 +61,7 @@ __all__ = [
     "Invalid",
     "Label",
     "MyProgress",
+    "MyShare",
     "UNDO_WINDOW",
     "Labeler",
     "LabelerQuality",
@@ -83,6 +93,7 @@ __all__ = [
     "make_engine",
     "must_stop",
     "my_progress",
+    "my_share",
     "my_recent_labels",
     "next_task",
     "open_andon_events",

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: several server processes on one SQLite file are not supported
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -35,7 +41,7 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     # Room for 50 connections: above the web app's limit on requests in flight (see
     # `Settings.max_concurrency`), so a request never waits on the pool while holding a lock.
-    pool = {"pool_size": 10, "max_overflow": 40}
+    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": 40}
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, **pool)
     memory = url in ("sqlite://", "sqlite:///:memory:")
@@ -76,17 +82,53 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_store(url: str | None = None, *, migrate: bool = True) -> sessionmaker[Session]:
-    """Engine + migrations + a session factory, for `url` (default `$LMPREF_DB` or lmpref.db)."""
+class _ProcessesLock:
+    """A lock for the threads of this process and, through flock(2) on a file beside the
+    database, for the other processes that open the store this way (`lmpref serve --workers`)."""
+
+    def __init__(self, path: str) -> None:
+        self._threads = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._pid != os.getpid():  # opened in the process that uses it, not inherited
+                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+def open_store(url: str | None = None, *, migrate: bool = True, processes: int = 1) -> sessionmaker[Session]:
+    """Engine + migrations + a session factory, for `url` (default `$LMPREF_DB` or lmpref.db).
+
+    `processes` > 1: several processes serve this store at once (`lmpref serve --workers`); on
+    a SQLite file they then also queue for its one writer on a lock file (`<file>.lock`).
+    """
     engine = make_engine(url or default_url())
     if migrate:
         upgrade(engine)
-    info = {}
+    info: dict[str, Any] = {}
     if engine.dialect.name == "sqlite":
         # SQLite has one writer. Threads of this process queue on this lock, which wakes the
         # next one at once; left to SQLite's busy handler they would poll with sleeps of up
         # to 100 ms, and under load p99 latency went from tens of ms to seconds.
         info["write_lock"] = threading.Lock()
+        database = engine.url.database
+        if processes > 1 and fcntl is not None and database and database != ":memory:":
+            info["write_lock"] = _ProcessesLock(database + ".lock")
     return sessionmaker(engine, expire_on_commit=False, info=info)
 
 

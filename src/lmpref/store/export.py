@@ -60,8 +60,7 @@ def labeled(
         q = q.where(Label.too_fast.is_(False))
     if not include_gold:
         q = q.where(~select(GoldTask.task_id).where(GoldTask.task_id == Task.id).exists())
-    for label, task in session.execute(q):
-        yield label, task
+    yield from session.execute(q).tuples()
 
 
 def bestofk_record(label: Label, task: Task) -> dict[str, Any]:
@@ -105,6 +104,7 @@ def pairwise_records(label: Label, task: Task) -> list[dict[str, Any]]:
     if label.tie:
         return []
     texts = [s.text for s in valid_samples(task.query)]
+    assert label.best is not None  # not a tie (above), and bare flags are not exported
     chosen = texts[label.best]
     return [
         {"prompt": task.query.text, "chosen": chosen, "rejected": other}
@@ -137,6 +137,7 @@ def critique_record(label: Label, task: Task) -> dict[str, Any] | None:
     elif label.rating is not None:
         answer = label.rating
     else:
+        assert label.best is not None
         answer = texts[label.best]
     return {
         "id": task.query.source_id,

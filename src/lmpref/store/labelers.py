@@ -14,7 +14,7 @@ import re
 import secrets
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from lmpref.store.errors import Conflict, Invalid, NotFound
 from lmpref.store.models import ROLES, Labeler, Meta, WebSession, utcnow
@@ -92,7 +92,9 @@ def start_session(session: Session, *, labeler: Labeler, lifetime: dt.timedelta)
     now = utcnow()
     session.execute(delete(WebSession).where(WebSession.expires_at <= now))
     token = secrets.token_urlsafe(32)
-    session.add(WebSession(token_hash=hash_token(token), labeler_id=labeler.id, created_at=now, expires_at=now + lifetime))
+    session.add(
+        WebSession(token_hash=hash_token(token), labeler_id=labeler.id, created_at=now, expires_at=now + lifetime)
+    )
     session.flush()
     return token
 
@@ -101,7 +103,13 @@ def session_labeler(session: Session, *, token: str) -> Labeler | None:
     """The active labeler of an unexpired, unrevoked browser session, or None."""
     if not token or len(token) > 200:
         return None
-    row = session.scalar(select(WebSession).where(WebSession.token_hash == hash_token(token)))
+    # One statement: the session row with its labeler (checked on every page request).
+    q = (
+        select(WebSession)
+        .where(WebSession.token_hash == hash_token(token))
+        .options(joinedload(WebSession.labeler, innerjoin=True))
+    )
+    row = session.scalar(q)
     if row is None or row.expires_at <= utcnow() or not row.labeler.active:
         return None
     return row.labeler

@@ -19,11 +19,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -153,6 +155,8 @@ class Task(Base):
     K >= 2 of them, or (kind "accuracy") a rating of exactly one."""
 
     __tablename__ = "tasks"
+    # The next-task query walks this from the run's first unfinished task (migration 0005).
+    __table_args__ = (Index("ix_tasks_queue", "complete", "run_id", "id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -160,6 +164,9 @@ class Task(Base):
     redundancy: Mapped[int] = mapped_column(Integer, default=1)  # labels wanted
     kind: Mapped[str] = mapped_column(String(16), default="compare", server_default="compare")  # TASK_KINDS
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # True once the task has `redundancy` labels (set by save_label, cleared by undo_label): a
+    # hint that lets the next-task query skip finished tasks, never the test of availability.
+    complete: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     query: Mapped[Query] = relationship()
     gold: Mapped[GoldTask | None] = relationship(back_populates="task")
 
@@ -179,7 +186,10 @@ class Assignment(Base):
 
     __tablename__ = "assignments"
     # A labeler sees a task at most once; this also makes concurrent "next" calls safe.
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "labeler_id"),
+        Index("ix_assignments_labeler_status", "labeler_id", "status"),  # a labeler's open task
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)

@@ -90,7 +90,9 @@ def quality_report(session: Session, *, run: str | None = None) -> QualityReport
         .outerjoin(GoldTask, GoldTask.task_id == Task.id)
         .order_by(Label.id)
     )
-    skips = select(Labeler.name).join(Assignment, Assignment.labeler_id == Labeler.id).where(Assignment.status == "skipped")
+    skips = (
+        select(Labeler.name).join(Assignment, Assignment.labeler_id == Labeler.id).where(Assignment.status == "skipped")
+    )
     if run is not None:
         run_id = get_run(session, name=run).id
         q = q.where(Task.run_id == run_id)
@@ -105,15 +107,17 @@ def quality_report(session: Session, *, run: str | None = None) -> QualityReport
         s = stats.setdefault(name, LabelerQuality(name=name))
         s.labels += 1
         s.too_fast += label.too_fast
-        s.exportable += gold_best is None and not label.too_fast and (
-            label.best is not None or label.tie or label.rating is not None
+        s.exportable += (
+            gold_best is None
+            and not label.too_fast
+            and (label.best is not None or label.tie or label.rating is not None)
         )
         s.flagged += label.flag is not None
         seconds[name].append(label.seconds)
         times[name].append(label.created_at)
         if label.best is None and not label.tie:
             continue  # a bare flag is not an answer; an accuracy rating is not a best-of-K one
-        answer = TIE if label.tie else label.best
+        answer: int = TIE if label.tie or label.best is None else label.best
         if gold_best is not None:
             s.gold_answered += 1
             s.gold_correct += answer == gold_best

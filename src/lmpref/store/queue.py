@@ -8,16 +8,29 @@ slot shown at `position`. Labelers answer in positions; the store keeps slots.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Integer, String, bindparam, exists, false, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from lmpref.store.enqueue import get_run, valid_samples
 from lmpref.store.errors import Conflict, Invalid, NotFound
-from lmpref.store.models import RATINGS, Assignment, GoldTask, Label, Labeler, Run, Sample, Task, utcnow
+from lmpref.store.models import (
+    RATINGS,
+    Assignment,
+    GoldTask,
+    Label,
+    Labeler,
+    Query,
+    Run,
+    Sample,
+    Task,
+    UTCDateTime,
+    utcnow,
+)
 
 # An open assignment stops counting against a task's redundancy after this long, so a task
 # abandoned in a closed tab goes back to the queue.
@@ -36,10 +49,76 @@ class Served:
     guidelines: str | None = None  # the run's, for the labeler
 
 
-def _served(session: Session, assignment: Assignment) -> Served:
-    task = assignment.task
+# The statements of `next_task` are built once, with bound parameters, and reused: building
+# SQLAlchemy expressions cost about as much CPU per call as running them.
+_P_LABELER, _P_TASK = bindparam("labeler_id", type_=Integer()), bindparam("task_id", type_=Integer())
+_P_CUTOFF, _P_RUN = bindparam("cutoff", type_=UTCDateTime()), bindparam("run", type_=String())
+
+
+def _available():  # noqa: ANN202
+    """Filter: normal tasks the labeler (`:labeler_id`) has not seen and that still need labels
+    (an open assignment served after `:cutoff`, within its lease, holds a slot)."""
+    n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
+    n_open = (
+        select(func.count(Assignment.id))
+        .where(Assignment.task_id == Task.id, Assignment.status == "open", Assignment.served_at > _P_CUTOFF)
+        .scalar_subquery()
+    )
+    seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == _P_LABELER)
+    is_gold = exists().where(GoldTask.task_id == Task.id)
+    return (Task.complete == false(), ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
+
+
+@functools.cache
+def _statements(in_run: bool, lock: bool | None, recheck: bool):
+    """(open assignment, candidate task, task loader) for `next_task`. `lock`: None, or the
+    candidate is taken FOR UPDATE (SKIP LOCKED if True); `recheck`: the loader re-applies
+    `_available` (under the candidate's lock, in a fresh statement)."""
+    run_filter = (Run.name == _P_RUN,) if in_run else ()
+    current = (
+        select(Assignment)
+        .join(Task, Task.id == Assignment.task_id)
+        .join(Run, Run.id == Task.run_id)
+        .where(Assignment.labeler_id == _P_LABELER, Assignment.status == "open", *run_filter)
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+    candidate = (
+        select(Task.id, Task.run_id, Run.gold_rate)
+        .join(Run, Run.id == Task.run_id)
+        .where(*_available(), *run_filter)
+        .order_by(Task.run_id, Task.id)
+        .limit(1)
+    )
+    if lock is not None:
+        # FOR NO KEY UPDATE: excludes other pickers of the task, yet not the foreign-key checks
+        # of labels being saved on it meanwhile (FOR UPDATE would make those wait).
+        candidate = candidate.with_for_update(of=Task, skip_locked=lock, key_share=True)
+    load = (
+        select(Task, Run)
+        .join(Run, Run.id == Task.run_id)
+        .where(Task.id == _P_TASK, *(_available() if recheck else ()))
+        .options(joinedload(Task.query, innerjoin=True).joinedload(Query.samples))
+    )
+    return current, candidate, load
+
+
+def _load(session: Session, task_id: int, stmt=None, **params) -> tuple[Task, Run] | None:
+    """The task with its query, samples and run in one statement (None if `stmt`'s filter excludes it)."""
+    stmt = stmt if stmt is not None else _statements(False, None, False)[2]
+    row = session.execute(stmt, {"task_id": task_id, **params}).unique().first()
+    return None if row is None else (row[0], row[1])
+
+
+def _loaded(session: Session, task_id: int) -> tuple[Task, Run]:
+    """`_load` of a task that exists (no filter)."""
+    loaded = _load(session, task_id)
+    assert loaded is not None, task_id
+    return loaded
+
+
+def _served(assignment: Assignment, task: Task, run: Run) -> Served:
     slots = valid_samples(task.query)
-    run = session.get(Run, task.run_id)
     return Served(
         assignment=assignment,
         task=task,
@@ -49,73 +128,87 @@ def _served(session: Session, assignment: Assignment) -> Served:
     )
 
 
-def _available(labeler_id: int, run_id: int, now: dt.datetime, lease: dt.timedelta):  # noqa: ANN202
-    """Filter: normal tasks of the run this labeler has not seen and that still need labels."""
-    n_labels = select(func.count(Label.id)).where(Label.task_id == Task.id).scalar_subquery()
-    n_open = (
-        select(func.count(Assignment.id))
-        .where(Assignment.task_id == Task.id, Assignment.status == "open", Assignment.served_at > now - lease)
-        .scalar_subquery()
-    )
-    seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler_id)
-    is_gold = exists().where(GoldTask.task_id == Task.id)
-    return (Task.run_id == run_id, ~seen, ~is_gold, n_labels + n_open < Task.redundancy)
-
-
 def next_task(
     session: Session, *, labeler: Labeler, run: str | None = None, lease: dt.timedelta = LEASE
 ) -> Served | None:
-    """The labeler's open task, else a new one (oldest first, gold mixed in), else None.
+    """The labeler's open task, else a new one (oldest run, then oldest task first, gold mixed
+    in), else None.
 
-    Concurrency: we lock the labeler row, then the run row (always in that order, so no
-    deadlocks) before choosing, so two labelers never take the last free slot of a task and
-    one labeler's double click returns the same task. SQLite gets the same from BEGIN IMMEDIATE.
+    Concurrency. SQLite: BEGIN IMMEDIATE (and a lock per process, see `db.transaction`) makes
+    every call run alone. PostgreSQL: we lock the labeler row, so one labeler's double click
+    returns the same task, then take the first free task with `FOR UPDATE SKIP LOCKED`, so
+    labelers choosing at once take different tasks instead of queueing on one lock. Whoever
+    holds a task's lock re-checks in a fresh statement that it still needs labels (a choice
+    made on an older snapshot may be stale), so two labelers never take its last free slot.
+    Statements per call (counted in tests/web/test_web_query_counts.py): 2 for an open task,
+    4 for a new one, plus the labeler lock on PostgreSQL.
     """
-    session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update())
-    runs = [get_run(session, name=run)] if run else list(session.scalars(select(Run).order_by(Run.id)))
-    open_q = select(Assignment).where(Assignment.labeler_id == labeler.id, Assignment.status == "open")
-    if run:
-        open_q = open_q.join(Task).where(Task.run_id == runs[0].id)
-    current = session.scalars(open_q.order_by(Assignment.id).limit(1)).first()
-    if current is not None:
-        return _served(session, current)
-
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        session.execute(select(Labeler.id).where(Labeler.id == labeler.id).with_for_update(key_share=True))
     now = utcnow()
-    for run_row in runs:
-        session.execute(select(Run.id).where(Run.id == run_row.id).with_for_update())
-        task = session.scalars(
-            select(Task).where(*_available(labeler.id, run_row.id, now, lease)).order_by(Task.id).limit(1)
-        ).first()
-        if task is None:
-            continue  # nothing to label here; gold alone would waste the labeler's time
-        n_seen = session.scalar(
-            select(func.count(Assignment.id)).join(Task).where(
-                Assignment.labeler_id == labeler.id, Task.run_id == run_row.id
-            )
-        )
-        # Seeded by (labeler, count) so the mix is reproducible yet not guessable from the page.
-        rng = random.Random(f"gold:{labeler.id}:{n_seen}")
-        if run_row.gold_rate > 0 and rng.random() < run_row.gold_rate:
-            seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
-            gold_ids = list(
-                session.scalars(select(Task.id).join(GoldTask).where(Task.run_id == run_row.id, ~seen))
-            )
-            if gold_ids:
-                task = session.get(Task, rng.choice(sorted(gold_ids)))
-        k = len(valid_samples(task.query))
-        order = list(range(k))
-        random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
-        assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now)
-        session.add(assignment)
-        session.flush()
-        return _served(session, assignment)
+    params = {"labeler_id": labeler.id, "cutoff": now - lease, **({"run": run} if run else {})}
+    current_q = _statements(bool(run), None, False)[0]
+    current = session.scalars(current_q, {k: v for k, v in params.items() if k != "cutoff"}).first()
+    if current is not None:
+        task, run_row = _loaded(session, current.task_id)
+        return _served(current, task, run_row)
+
+    # PostgreSQL: first skip tasks others hold; if that finds none, wait for them, so "nothing to
+    # label" is never an artefact of a lock held for a few milliseconds.
+    for lock in (True, False) if postgres else (None,):
+        _, candidate_q, load_q = _statements(bool(run), lock, postgres)
+        for _ in range(100):  # each miss is a task another labeler just filled
+            row = session.execute(candidate_q, params).first()
+            if row is None:
+                break
+            # On PostgreSQL the task is locked by now: a fresh statement sees every assignment made.
+            load_params = {"labeler_id": labeler.id, "cutoff": params["cutoff"]} if postgres else {}
+            loaded = _load(session, row.id, load_q, **load_params)
+            if loaded is not None:
+                return _assign(session, labeler, *loaded, gold_rate=row.gold_rate, now=now)
+    if run:
+        get_run(session, name=run)  # an unknown run is a 404, not "nothing to label"
     return None
 
 
+def _assign(
+    session: Session, labeler: Labeler, task: Task, run_row: Run, *, gold_rate: float, now: dt.datetime
+) -> Served:
+    if gold_rate > 0:
+        n_seen = session.scalar(
+            select(func.count(Assignment.id))
+            .join(Task)
+            .where(Assignment.labeler_id == labeler.id, Task.run_id == run_row.id)
+        )
+        # Seeded by (labeler, count) so the mix is reproducible yet not guessable from the page.
+        rng = random.Random(f"gold:{labeler.id}:{n_seen}")
+        if rng.random() < gold_rate:
+            seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
+            gold_ids = list(session.scalars(select(Task.id).join(GoldTask).where(Task.run_id == run_row.id, ~seen)))
+            if gold_ids:
+                task, run_row = _loaded(session, rng.choice(sorted(gold_ids)))
+    k = len(valid_samples(task.query))
+    order = list(range(k))
+    random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
+    assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now, status="open")
+    assignment.task = task
+    session.add(assignment)
+    session.flush()
+    return _served(assignment, task, run_row)
+
+
 def _assignment(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:
-    assignment = session.scalar(
-        select(Assignment).where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id)
+    # With its task (one statement). On PostgreSQL the row is locked, so two submissions of one
+    # answer queue here and the second sees it done (SQLite runs writers one at a time anyway).
+    q = (
+        select(Assignment)
+        .where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id)
+        .options(joinedload(Assignment.task, innerjoin=True))
     )
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(of=Assignment)
+    assignment = session.scalar(q)
     if assignment is None:
         # Same answer for "no such task" and "not yours": labelers cannot probe others' tasks.
         raise NotFound(f"task {task_id} is not assigned to you")
@@ -196,15 +289,29 @@ def save_label(
         too_fast=seconds < min_seconds,
         created_at=now,
     )
+    label.assignment = assignment
+    session.add(label)
+    assignment.status = "done"
+    assignment.closed_at = now
     try:
-        # A savepoint, so a lost race (unique constraint) leaves the session usable.
-        with session.begin_nested():
-            session.add(label)
-            assignment.status = "done"
-            assignment.closed_at = now
+        session.flush()
     except IntegrityError:
+        # Not reached in normal use (the assignment's status, checked above under a lock or
+        # SQLite's single writer, rules a second label out); the caller's transaction is over.
         raise Conflict(f"task {task_id} is already labeled") from None
+    mark_complete(session, task_id, only_if_full=True)
     return label
+
+
+def mark_complete(session: Session, task_id: int, *, only_if_full: bool = False) -> None:
+    """Set `Task.complete` from the task's label count. `only_if_full` (after a new label): touch
+    the row only when it fills the task, so labels of unfinished tasks take no row lock on it.
+    Under concurrent labels on PostgreSQL the flag may stay false on a full task; that only
+    costs the next-task query a few probes, since it re-checks the counts anyway."""
+    full = select(func.count(Label.id)).where(Label.task_id == task_id).scalar_subquery() >= Task.redundancy
+    q = update(Task).where(Task.id == task_id)
+    q = q.where(Task.complete == false(), full).values(complete=True) if only_if_full else q.values(complete=full)
+    session.execute(q.execution_options(synchronize_session=False))
 
 
 def skip_task(session: Session, *, labeler: Labeler, task_id: int) -> Assignment:

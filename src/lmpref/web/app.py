@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -49,7 +50,7 @@ class LimitBody:
             return await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> Any:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -126,7 +127,7 @@ class RejectBadText:
             return await reject(scope, receive, send)
         replayed = False
 
-        async def replay() -> dict:
+        async def replay() -> Any:
             nonlocal replayed
             if replayed:
                 return await receive()
@@ -164,14 +165,17 @@ class SecurityHeaders:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
         # The API docs page alone runs Swagger UI, which needs inline styles and data: images.
-        self.docs_headers = [(k.lower().encode(), v.encode()) for k, v in {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_CSP}.items()]
+        self.docs_headers = [
+            (k.lower().encode(), v.encode())
+            for k, v in {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_CSP}.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = self.docs_headers if scope["path"] == DOCS_PATH else self.headers
 
-        async def with_headers(message: dict) -> None:
+        async def with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = list(message.get("headers", [])) + headers
             await send(message)
@@ -195,9 +199,17 @@ def _wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/")
 
 
+SETTINGS_ENV = "LMPREF_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `lmpref serve --workers N` process: settings come as JSON in $LMPREF_SERVE_SETTINGS."""
+    return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    sessions = store.open_store(settings.db_url)  # runs migrations
+    sessions = store.open_store(settings.db_url, processes=settings.workers)  # runs migrations
     with store.transaction(sessions) as session:
         secret = settings.secret or store.server_secret(session)
 
@@ -231,7 +243,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if err.status_code == 405:  # Starlette names only the first route's methods; name them all
             err.headers = {**(err.headers or {}), "Allow": _allowed_methods(app, request.scope)}
         if _wants_html(request) and err.status_code >= 400:
-            page = pages.render(request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail)
+            page = pages.render(
+                request, "error.html", status_code=err.status_code, status=err.status_code, detail=err.detail
+            )
             page.headers.update(err.headers or {})
             return page
         return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)

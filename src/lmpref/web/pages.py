@@ -11,7 +11,7 @@ import hmac
 import json
 import re
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
@@ -49,7 +49,18 @@ MESSAGES = {
 }
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
+def _message(text: str | None) -> dict[str, Any]:
+    """A page's message when there is one; without, `render` picks the one named by ?msg=."""
+    return {"message": text} if text else {}
+
+
+def _run_name(session, run_id: int) -> str:
+    run = session.get(store.Run, run_id)
+    assert run is not None, run_id  # a task's run: a foreign key
+    return run.name
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("message", MESSAGES.get(request.query_params.get("msg", "")))
     return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -94,12 +105,12 @@ def login(request: Request, session: SessionDep, token: Text, csrf: Text) -> Res
         response = render(request, "login.html", status_code=401, csrf=nonce, error="That token is not valid.")
         _cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600)
         return response
-    response = RedirectResponse("/admin" if labeler.role == "admin" else "/compare", status_code=303)
+    redirect = RedirectResponse("/admin" if labeler.role == "admin" else "/compare", status_code=303)
     hours = request.app.state.settings.session_hours
     value = store.start_session(session, labeler=labeler, lifetime=dt.timedelta(hours=hours))
-    _cookie(request, response, SESSION_COOKIE, value, int(hours * 3600))
-    _drop_cookie(request, response, LOGIN_COOKIE)
-    return response
+    _cookie(request, redirect, SESSION_COOKIE, value, int(hours * 3600))
+    _drop_cookie(request, redirect, LOGIN_COOKIE)
+    return redirect
 
 
 @router.post("/logout")
@@ -119,17 +130,31 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
     last = session.scalar(select(Label).where(Label.labeler_id == user.labeler.id).order_by(Label.id.desc()).limit(1))
     undo = last if last is not None and store.can_undo(last) else None
     if request.query_params.get("msg") == "fast" and last is not None:
-        fast = (f"Saved, but in {last.seconds:.0f} s: faster than the {request.app.state.settings.min_seconds:g} s "
-                "minimum, so it is kept but will not count toward training. Take your time.")
+        fast = (
+            f"Saved, but in {last.seconds:.0f} s: faster than the {request.app.state.settings.min_seconds:g} s "
+            "minimum, so it is kept but will not count toward training. Take your time."
+        )
     else:
         fast = None
     if served is None:
-        return render(request, "empty.html", user=user, run=run, done=done, mine=mine, undo=undo, andon_run=run,
-                      **({"message": fast} if fast else {}))
+        share = store.my_share(session, labeler=user.labeler, run=run) if run else None
+        return render(
+            request,
+            "empty.html",
+            user=user,
+            run=run,
+            done=done,
+            mine=mine,
+            share=share,
+            undo=undo,
+            andon_run=run,
+            **_message(fast),
+        )
     task = task_public(served)
     samples = [(s, segments(s.text, s.copied_spans)) for s in task.samples]
     context = context_segments(task.context, [s.context_spans for s in task.samples])
     depth = store.progress(session, run=served.run).queue_depth
+    share = store.my_share(session, labeler=user.labeler, run=served.run)
     elapsed = int((utcnow() - served.assignment.served_at).total_seconds())
     return render(
         request,
@@ -144,8 +169,9 @@ def compare(request: Request, user: PageLabeler, session: SessionDep, run: str |
         elapsed=elapsed,
         andon_run=served.run,
         mine=mine,
+        share=share,
         undo=undo,
-        **({"message": fast} if fast else {}),
+        **_message(fast),
     )
 
 
@@ -211,8 +237,11 @@ def history(request: Request, user: PageLabeler, session: SessionDep) -> HTMLRes
 @router.post("/history/{label_id}/undo")
 def undo(label_id: Id, user: PageLabeler, session: SessionDep, csrf: Text) -> RedirectResponse:
     user.check_csrf(csrf)
-    store.undo_label(session, labeler=user.labeler, label_id=label_id)
-    return RedirectResponse("/compare?msg=undone", status_code=303)
+    assignment = store.undo_label(session, labeler=user.labeler, label_id=label_id)
+    # Back to the run of the task undone: unfiltered, /compare would show the labeler's oldest
+    # open task, which may belong to another run.
+    run = _run_name(session, assignment.task.run_id)
+    return RedirectResponse("/compare?" + urlencode({"run": run, "msg": "undone"}), status_code=303)
 
 
 @router.post("/andon")
@@ -239,13 +268,20 @@ def admin(request: Request, user: PageAdmin, session: SessionDep, run: str | Non
     runs = [r.name for r in run_rows]
     selected = next((r for r in run_rows if r.name == run), None)
     flags = session.execute(
-        select(Label.task_id, Label.flag, Label.created_at).where(Label.flag.is_not(None)).order_by(Label.id.desc()).limit(20)
+        select(Label.task_id, Label.flag, Label.created_at)
+        .where(Label.flag.is_not(None))
+        .order_by(Label.id.desc())
+        .limit(20)
     ).all()
     fast = session.scalar(select(func.count(Label.id)).join(Task).where(Label.too_fast.is_(True)))
     critiques, disputed = [], []
     if selected is not None:
-        disputed = store.disputed_tasks(session, run=selected.name)  # newest first, too-fast ones included: a critique is worth reading anyway
-        critiques = list(store.export_records(session, run=selected.name, fmt="critiques", include_fast=True))[::-1][:50]
+        disputed = store.disputed_tasks(
+            session, run=selected.name
+        )  # newest first, too-fast ones included: a critique is worth reading anyway
+        critiques = list(store.export_records(session, run=selected.name, fmt="critiques", include_fast=True))[::-1][
+            :50
+        ]
     return render(
         request,
         "admin.html",
@@ -275,8 +311,17 @@ def task_review(request: Request, task_id: Id, user: PageAdmin, session: Session
     top = store.majority(labels)
     keys = {store.answer_key(label) for label in labels} - {None}
     rows = [(label, store.answer_key(label), _answer(label)) for label in labels]
-    return render(request, "task.html", user=user, task=task, samples=samples, rows=rows, majority=top,
-                  disagreement=len(keys) > 1, run=session.get(store.Run, task.run_id).name)
+    return render(
+        request,
+        "task.html",
+        user=user,
+        task=task,
+        samples=samples,
+        rows=rows,
+        majority=top,
+        disagreement=len(keys) > 1,
+        run=_run_name(session, task.run_id),
+    )
 
 
 @router.get("/admin/export")
@@ -313,8 +358,16 @@ Name = Annotated[str, Form(max_length=64)]
 
 def _token_page(request: Request, user: PageUser, labeler: store.Labeler, token: str, what: str) -> HTMLResponse:
     """The one time a token is shown; never cached, never put in a URL."""
-    page = render(request, "token.html", status_code=201 if what == "added" else 200, user=user, account=labeler.name,
-                  role=labeler.role, token=token, what=what)
+    page = render(
+        request,
+        "token.html",
+        status_code=201 if what == "added" else 200,
+        user=user,
+        account=labeler.name,
+        role=labeler.role,
+        token=token,
+        what=what,
+    )
     page.headers["Cache-Control"] = "no-store"
     return page
 

@@ -29,13 +29,18 @@ CURVE_W, CURVE_H = 480, 120
 def run_status(session: Session, run: str) -> dict[str, Any]:
     """Everything the page shows, as plain data (NotFound for an unknown run)."""
     run_row = store.get_run(session, name=run)
-    events = [andon_public(e).model_dump(mode="json") for e in store.recent_andon_events(session, limit=200)
-              if e.run_id in (None, run_row.id)]
+    events = [
+        andon_public(e).model_dump(mode="json")
+        for e in store.recent_andon_events(session, limit=200)
+        if e.run_id in (None, run_row.id)
+    ]
     return {
         "run": run,
         "experiment": read_status(session, run=run),
         "progress": asdict(store.progress(session, run=run)),
-        "batches": [asdict(store.progress(session, run=run, batch=b.name)) for b in sorted(run_row.batches, key=lambda b: b.id)],
+        "batches": [
+            asdict(store.progress(session, run=run, batch=b.name)) for b in sorted(run_row.batches, key=lambda b: b.id)
+        ],
         "stop": any(e["cleared_at"] is None for e in events),
         "andon": events,
     }
@@ -62,6 +67,8 @@ def run_status_api(run: RunName, labeler: ApiLabeler, session: SessionDep) -> di
 def run_status_page(request: Request, run: str, user: PageLabeler, session: SessionDep) -> HTMLResponse:
     status = run_status(session, run)
     curves = (status["experiment"] or {}).get("curves", {})
-    plots = [{"name": name, "points": polyline(pts), "last": pts[-1] if pts else None, "width": CURVE_W, "height": CURVE_H}
-             for name, pts in curves.items()]
+    plots = [
+        {"name": name, "points": polyline(pts), "last": pts[-1] if pts else None, "width": CURVE_W, "height": CURVE_H}
+        for name, pts in curves.items()
+    ]
     return render(request, "run_status.html", user=user, andon_run=run, plots=plots, **status)

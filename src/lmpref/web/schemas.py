@@ -96,7 +96,9 @@ class SkipPublic(BaseModel):
 
 
 class AndonCreate(Strict):
-    reason: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why training should stop.")
+    reason: str = Field(
+        min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why training should stop."
+    )
     run: str | None = Field(default=None, max_length=128, pattern=NO_NUL, description="None stops every run.")
 
 

@@ -76,13 +76,32 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 bearer = HTTPBearer(auto_error=False, description="A labeler token from `lmpref labelers add`.")
 
 
+def _unauthorized() -> HTTPException:
+    return HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def labeler_for(session: Session, token: str) -> Labeler:
+    """The active labeler holding `token`, else 401."""
+    labeler = authenticate(session, token=token)
+    if labeler is None:
+        raise _unauthorized()
+    return labeler
+
+
 def api_labeler(
     session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Labeler:
-    labeler = authenticate(session, token=credentials.credentials) if credentials else None
-    if labeler is None:
-        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return labeler
+    if credentials is None:
+        raise _unauthorized()
+    return labeler_for(session, credentials.credentials)
+
+
+async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The request's bearer token, not yet checked against the store (in the event loop: no
+    thread, no transaction). A request without one is a 401 before its body is looked at."""
+    if credentials is None:
+        raise _unauthorized()
+    return credentials.credentials
 
 
 def api_admin(labeler: Annotated[Labeler, Depends(api_labeler)]) -> Labeler:
@@ -92,6 +111,7 @@ def api_admin(labeler: Annotated[Labeler, Depends(api_labeler)]) -> Labeler:
 
 
 ApiLabeler = Annotated[Labeler, Depends(api_labeler)]
+BearerToken = Annotated[str, Depends(bearer_token)]
 ApiAdmin = Annotated[Labeler, Depends(api_admin)]
 
 

@@ -30,6 +30,9 @@ class Settings:
     """Requests served at once; more wait (without a thread). Keep it under the 40 worker
     threads and the 50 pooled connections, or requests can deadlock waiting for them."""
 
+    workers: int = 1
+    """Server processes (`lmpref serve --workers`); on SQLite they take turns writing through a lock file."""
+
     @property
     def lease(self) -> dt.timedelta:
         return dt.timedelta(minutes=self.lease_minutes)
@@ -37,5 +40,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.session_hours > 0:
             raise ValueError(f"session_hours must be > 0, got {self.session_hours}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers must be 1-64, got {self.workers}")
         if not self.lease_minutes > 0:
             raise ValueError(f"lease_minutes must be > 0 (minutes a served task is held), got {self.lease_minutes}")

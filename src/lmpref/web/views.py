@@ -34,7 +34,7 @@ def task_public(served: Served) -> TaskPublic:
     return TaskPublic(
         task_id=served.task.id,
         run=served.run,
-        kind=served.task.kind,
+        kind="accuracy" if served.task.kind == "accuracy" else "compare",
         context=context,
         samples=samples,
         served_at=served.assignment.served_at,
