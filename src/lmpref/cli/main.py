@@ -46,6 +46,8 @@ def _config(args):
         overrides["seed"] = args.seed
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
+    if getattr(args, "algo", None):
+        overrides["algo"] = args.algo
     return make_config(args.preset, args.scale, overrides)
 
 
@@ -142,21 +144,35 @@ def cmd_sft(args) -> int:
 
 
 def cmd_train_policy(args) -> int:
-    from lmpref.config import save_config
-    from lmpref.steps.train import step_train_policy
+    from lmpref.config import ConfigError, save_config
+    from lmpref.steps.train import step_train_dpo, step_train_policy
 
     cfg = _config(args)
+    if cfg.algo == "dpo" and not args.labels:
+        raise ConfigError("train-policy --algo dpo learns from labels: give --labels FILE (best-of-K JSONL)")
+    if cfg.algo != "dpo" and not args.reward_model:
+        raise ConfigError(f"train-policy --algo {cfg.algo} needs --reward-model DIR (or --algo dpo --labels FILE)")
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
-    state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
+    if cfg.algo == "dpo":
+        state = step_train_dpo(cfg, Path(args.labels), run_dir, resume=args.resume)
+        n, unit = state["step"], "steps"
+    else:
+        state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
+        n, unit = state["update"], "updates"
     stopped = state.get("stopped")
     if not int(os.environ.get("RANK", "0") or 0):  # under a multi-process launch the main process reports
         print(
-            f"stopped after update {state['update']}: {stopped}"
+            f"stopped after {unit[:-1]} {n}: {stopped}"
             if stopped
-            else f"saved the policy to {run_dir}/policy after {state['update']} updates"
+            else f"saved the policy to {run_dir}/policy after {n} {unit}"
         )
+        if cfg.algo == "dpo" and not stopped:
+            print(
+                f"held-out implicit-reward accuracy {state['heldout_accuracy_before']:.1%} -> "
+                f"{state['heldout_accuracy']:.1%}"
+            )
     return 3 if stopped else 0
 
 
@@ -316,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --run-dir from its last finished step / checkpoint"
     )
     p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
+    )
+    p.add_argument(
         "--allow-config-change",
         action="store_true",
         help="with --resume: continue even though the config differs from the run's in keys that change results",
@@ -331,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["offline", "online", "batched"],
         help="sets experiment.mode (default: the preset's, else offline)",
+    )
+    p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
     )
     p.add_argument("--db", help="label store URL (default: $LMPREF_DB or sqlite:///lmpref.db)")
     p.add_argument(
@@ -401,9 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output policy directory (a starting policy for PPO)")
     p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("train-policy", help="PPO against a trained reward model")
+    p = sub.add_parser(
+        "train-policy", help="PPO or RLOO against a trained reward model, or DPO on a labels file (--algo)"
+    )
     _config_args(p)
-    p.add_argument("--reward-model", required=True)
+    p.add_argument("--reward-model", help="the trained reward model (ppo, rloo)")
+    p.add_argument("--labels", help="best-of-K labels to learn from (dpo)")
+    p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
+    )
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train_policy)
 
