@@ -182,3 +182,38 @@ def test_direction_guard_reads_rloos_score_seen():
     rows = [{"step": i, "objective/scores": -0.1 * i, "rloo/scores_seen": 0.1 * i} for i in range(1, 4)]
     assert "optimising against the reward model" in direction_guard(rows, 3)
     assert direction_guard([{**r, "rloo/scores_seen": r["objective/scores"]} for r in rows], 3) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# `run --algo rloo`, then best-of-N beside it in `evaluate`
+
+
+def test_run_algo_rloo_then_evaluate_best_of_n_side_by_side(tmp_path, capsys):
+    import math
+
+    run = tmp_path / "run"
+    assert main(["run", *TINY, "--algo", "rloo", "--run-dir", str(run)]) == 0
+    rows = [r for _, r in read_jsonl(run / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and "rloo/loss" in rows[0]  # RLOO's rows, not PPO's
+    out = tmp_path / "eval" / "eval.json"
+    out.parent.mkdir()
+    argv = ["evaluate", *TINY, "--policy", str(run / "policy"), "--out", str(out)]
+    assert main([*argv, "--best-of", "bon4=4:ref"]) == 2  # no reward model to pick with
+    assert "--reward-model" in capsys.readouterr().err
+    assert main([*argv, "--best-of", "bon4=four:ref"]) == 2
+    assert "NAME=N:BASE" in capsys.readouterr().err
+    rm = ["--reward-model", str(run / "reward_model")]
+    assert main([*argv, *rm, "--best-of", "bon4=4:ref", "--best-of", "bon2=2:policy"]) == 0
+    result = json.loads(out.read_text())
+    reward = result["mean_reward_by_policy"]
+    assert set(reward) == {"policy", "ref", "bon4", "bon2"}
+    assert reward["bon4"] > reward["ref"] + 0.2, reward  # the max of 4 reward-model scores (std 1 on ρ's samples)
+    assert result["kl_by_policy"]["bon4"] == pytest.approx(math.log(4) - 3 / 4)
+    assert result["policies"]["bon4"] == "best-of-4 of ref"
+    pairs = {frozenset((r["a"], r["b"])) for r in result["pairwise"]}
+    assert {frozenset(("bon4", "ref")), frozenset(("bon2", "policy"))} <= pairs
+    samples = [r for _, r in read_jsonl(out.with_name("eval_samples.jsonl"))]
+    assert len(samples) == 16 and all("bon4_response" in s and "bon2_valid" in s for s in samples)
+    assert main(["report", str(out.parent)]) == 0
+    page = (out.parent / "report.html").read_text()
+    assert "Every policy" in page and "best-of-4 of ref" in page and "bon2" in page

@@ -188,6 +188,23 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
     return out
 
 
+def _best_of(items: list[str]) -> dict[str, tuple[int, str]]:
+    """['bon16=16:ref'] -> {'bon16': (16, 'ref')}."""
+    from lmpref.config import ConfigError
+
+    out = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        n, _, base = rest.partition(":")
+        if not name or not n.isdigit() or int(n) < 1 or not base:
+            raise ConfigError(
+                f"--best-of {item!r} must look like NAME=N:BASE with N >= 1 and BASE ref, policy, a --compare name or "
+                "a policy directory (e.g. bon16=16:ref)"
+            )
+        out[name] = (int(n), base)
+    return out
+
+
 def cmd_evaluate(args) -> int:
     from lmpref.config import ConfigError
     from lmpref.io import check_writable
@@ -223,6 +240,7 @@ def cmd_evaluate(args) -> int:
         Path(args.reward_model) if args.reward_model else None,
         out,
         compare=_named_paths(args.compare),
+        best_of=_best_of(args.best_of),
     )
     if args.enqueue:
         pairs = [tuple(p.split(",", 1)) for p in args.pair] or None
@@ -454,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="another policy to evaluate on the same queries, e.g. sft=runs/cnndm/sft or a checkpoint (repeatable)",
+    )
+    p.add_argument(
+        "--best-of",
+        action="append",
+        default=[],
+        metavar="NAME=N:BASE",
+        help="a best-of-N policy (no training): N samples of BASE (ref, policy, a --compare name or a policy "
+        "directory), the one --reward-model scores highest kept, e.g. bon16=16:ref (repeatable)",
     )
     p.add_argument(
         "--out", required=True, help="eval.json path; eval_samples.jsonl and summary_eval.json go next to it"

@@ -526,7 +526,7 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
     if reason:
         return {"stopped": reason}
     if not (run_dir / "policy" / "config.json").exists():
-        print("[4/5] PPO")
+        print(f"[4/5] {cfg.algo.upper()}")
         state = step_train_policy(cfg, rm_dir, run_dir, resume=True, check_reward=False)
         if state.get("stopped"):
             return {"stopped": state["stopped"]}
