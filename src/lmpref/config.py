@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+ALGOS = ("ppo", "dpo", "rloo")  # `algo`: how the policy learns from the labels
+
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the message says how."""
@@ -173,6 +175,44 @@ class PPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    beta: float = 0.1
+    """β of the implicit reward β·(log π − log ρ) (Rafailov et al. 2023 use 0.1)."""
+    lr: float = 1e-6
+    """Adam learning rate, decayed linearly to 0 over the run."""
+    epochs: int = 1
+    """Passes over the training labels."""
+    batch_size: int = 8
+    """Labels (each K responses) per optimizer step."""
+    holdout_fraction: float = 0.1
+    """Share of labels held out (split as the reward model splits them) to report implicit-reward accuracy."""
+    max_grad_norm: float = 0.0
+    """Gradient-norm clip; 0 = off."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every N optimizer steps (and at the end)."""
+
+
+@dataclass
+class RLOOConfig:
+    k: int = 4
+    """Samples per query; each one's baseline is the mean reward of the other K − 1 (leave-one-out)."""
+    total_episodes: int = 1_000_000
+    """Episodes (query, response) to train on."""
+    batch_size: int = 512
+    """Episodes per update (batch_size / k queries); a multiple of k."""
+    lr: float = 1e-5
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0."""
+    kl_coef: float = 0.15
+    """β of the KL penalty in the reward, score − β·Σ(log π − log ρ) per sequence (fixed, not adapted)."""
+    max_grad_norm: float = 0.0
+    """Gradient-norm clip; 0 = off."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every N updates (and at the end)."""
+
+
+@dataclass
 class SFTConfig:
     lr: float = 5e-5
     """Adam learning rate of supervised fine-tuning on (query, reference) pairs, decayed linearly to 0."""
@@ -239,12 +279,16 @@ class RunConfig:
     """Output directory; empty = runs/<preset>-<scale>-seed<seed>."""
     threads: int = 0
     """torch CPU threads; 0 = leave torch's default."""
+    algo: str = "ppo"
+    """How the policy learns from the labels: ppo (reward model + PPO) | dpo (K-way DPO on the labels, no reward model) | rloo (reward model + REINFORCE with a leave-one-out baseline)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
@@ -257,6 +301,23 @@ class RunConfig:
 
     def check(self) -> None:
         """Check derived sizes once so a bad combination fails before any model loads."""
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo={self.algo!r}: choose one of {', '.join(ALGOS)}")
+        d, r = self.dpo, self.rloo
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(d, name) < 1:
+                raise ConfigError(f"dpo.{name}={getattr(d, name)} must be at least 1 (set it with --set dpo.{name}=N)")
+        if d.beta <= 0 or not 0 <= d.holdout_fraction < 1:
+            raise ConfigError("dpo.beta must be > 0 and dpo.holdout_fraction must lie in [0, 1)")
+        for name in ("k", "batch_size", "total_episodes", "checkpoint_every"):
+            if getattr(r, name) < 1:
+                raise ConfigError(
+                    f"rloo.{name}={getattr(r, name)} must be at least 1 (set it with --set rloo.{name}=N)"
+                )
+        if r.k < 2 or r.batch_size % r.k:
+            raise ConfigError(f"rloo.batch_size={r.batch_size} must be a multiple of rloo.k={r.k}, and k at least 2")
+        if r.total_episodes < r.batch_size:
+            raise ConfigError(f"rloo.total_episodes={r.total_episodes} is smaller than one batch ({r.batch_size})")
         p = self.ppo
         for name in ("batch_size", "minibatches", "total_episodes", "epochs", "checkpoint_every"):
             if getattr(p, name) < 1:
@@ -433,6 +494,8 @@ RESUME_FREE = {
     "model.cache_dir",
     "model.attn_implementation",
     "ppo.checkpoint_every",
+    "dpo.checkpoint_every",
+    "rloo.checkpoint_every",
     "ppo.micro_batch_size",
     "ppo.fast_sampling",
     "ppo.compile",

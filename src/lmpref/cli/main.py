@@ -46,6 +46,8 @@ def _config(args):
         overrides["seed"] = args.seed
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
+    if getattr(args, "algo", None):
+        overrides["algo"] = args.algo
     return make_config(args.preset, args.scale, overrides)
 
 
@@ -150,23 +152,38 @@ def cmd_sft(args) -> int:
 
 
 def cmd_train_policy(args) -> int:
-    from lmpref.config import check_resume, save_config
-    from lmpref.steps.train import step_train_policy
+    from lmpref.config import ConfigError, check_resume, save_config
+    from lmpref.steps.train import step_train_dpo, step_train_policy
 
     cfg = _config(args)
+    if cfg.algo == "dpo" and not args.labels:
+        raise ConfigError("train-policy --algo dpo learns from labels: give --labels FILE (best-of-K JSONL)")
+    if cfg.algo != "dpo" and not args.reward_model:
+        raise ConfigError(f"train-policy --algo {cfg.algo} needs --reward-model DIR (or --algo dpo --labels FILE)")
     run_dir = cfg.resolved_run_dir()
-    if args.resume:  # the run's own settings, or train on for longer
-        check_resume(cfg, run_dir / "config.json", args.allow_config_change, may_grow=("ppo.total_episodes",))
+    if args.resume:
+        grow = ("ppo.total_episodes", "rloo.total_episodes", "dpo.epochs")  # the run's settings, or train on for longer
+        check_resume(cfg, run_dir / "config.json", args.allow_config_change, may_grow=grow)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
-    state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
+    if cfg.algo == "dpo":
+        state = step_train_dpo(cfg, Path(args.labels), run_dir, resume=args.resume)
+        n, unit = state["step"], "steps"
+    else:
+        state = step_train_policy(cfg, Path(args.reward_model), run_dir, resume=args.resume)
+        n, unit = state["update"], "updates"
     stopped = state.get("stopped")
     if not int(os.environ.get("RANK", "0") or 0):  # under a multi-process launch the main process reports
         print(
-            f"stopped after update {state['update']}: {stopped}"
+            f"stopped after {unit[:-1]} {n}: {stopped}"
             if stopped
-            else f"saved the policy to {run_dir}/policy after {state['update']} updates"
+            else f"saved the policy to {run_dir}/policy after {n} {unit}"
         )
+        if cfg.algo == "dpo" and not stopped:
+            print(
+                f"held-out implicit-reward accuracy {state['heldout_accuracy_before']:.1%} -> "
+                f"{state['heldout_accuracy']:.1%}"
+            )
     return 3 if stopped else 0
 
 
@@ -179,6 +196,23 @@ def _named_paths(items: list[str]) -> dict[str, Path]:
         if not sep or not name or not path:
             raise ConfigError(f"--compare {item!r} must look like NAME=PATH (e.g. sft=runs/cnndm/sft)")
         out[name] = Path(path)
+    return out
+
+
+def _best_of(items: list[str]) -> dict[str, tuple[int, str]]:
+    """['bon16=16:ref'] -> {'bon16': (16, 'ref')}."""
+    from lmpref.config import ConfigError
+
+    out = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        n, _, base = rest.partition(":")
+        if not name or not n.isdigit() or int(n) < 1 or not base:
+            raise ConfigError(
+                f"--best-of {item!r} must look like NAME=N:BASE with N >= 1 and BASE ref, policy, a --compare name or "
+                "a policy directory (e.g. bon16=16:ref)"
+            )
+        out[name] = (int(n), base)
     return out
 
 
@@ -217,6 +251,7 @@ def cmd_evaluate(args) -> int:
         Path(args.reward_model) if args.reward_model else None,
         out,
         compare=_named_paths(args.compare),
+        best_of=_best_of(args.best_of),
     )
     if args.enqueue:
         pairs = [tuple(p.split(",", 1)) for p in args.pair] or None
@@ -326,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --run-dir from its last finished step / checkpoint"
     )
     p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
+    )
+    p.add_argument(
         "--allow-config-change",
         action="store_true",
         help="with --resume: continue even though the config differs from the run's in keys that change results",
@@ -341,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["offline", "online", "batched"],
         help="sets experiment.mode (default: the preset's, else offline)",
+    )
+    p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
     )
     p.add_argument("--db", help="label store URL (default: $LMPREF_DB or sqlite:///lmpref.db)")
     p.add_argument(
@@ -416,13 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output policy directory (a starting policy for PPO)")
     p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("train-policy", help="PPO against a trained reward model")
+    p = sub.add_parser(
+        "train-policy", help="PPO or RLOO against a trained reward model, or DPO on a labels file (--algo)"
+    )
     _config_args(p)
-    p.add_argument("--reward-model", required=True)
+    p.add_argument("--reward-model", help="the trained reward model (ppo, rloo)")
+    p.add_argument("--labels", help="best-of-K labels to learn from (dpo)")
+    p.add_argument(
+        "--algo",
+        help="how the policy learns: ppo (reward model + PPO) | dpo (K-way DPO on the labels) | rloo "
+        "(reward model + leave-one-out REINFORCE); sets `algo` (default: the preset's, else ppo)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the last checkpoint in --run-dir, with the run's settings (ppo.total_episodes may rise)",
+        help="continue from the last checkpoint in --run-dir, with the run's settings (training may run longer)",
     )
     p.add_argument(
         "--allow-config-change",
@@ -444,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="another policy to evaluate on the same queries, e.g. sft=runs/cnndm/sft or a checkpoint (repeatable)",
+    )
+    p.add_argument(
+        "--best-of",
+        action="append",
+        default=[],
+        metavar="NAME=N:BASE",
+        help="a best-of-N policy (no training): N samples of BASE (ref, policy, a --compare name or a policy "
+        "directory), the one --reward-model scores highest kept, e.g. bon16=16:ref (repeatable)",
     )
     p.add_argument(
         "--out", required=True, help="eval.json path; eval_samples.jsonl and summary_eval.json go next to it"

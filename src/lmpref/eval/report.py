@@ -6,6 +6,8 @@
   "mean_reward": {"policy": float, "ref": float}, "kl": float,
   "samples": [{"query": str, "ref_response": str, "policy_response": str, ...}]}`;
   any other numeric keys of a sample (e.g. `policy_score`) are shown with it.
+  Optional `policies` ({name: what it is}), `mean_reward_by_policy` and `kl_by_policy` ({name: float}):
+  every policy evaluated (PPO / DPO / RLOO policies, checkpoints, best-of-N) in one table.
   Optional `pairwise` and `human_pairwise`: `[{"a", "b", "win_rate" (of a), "win_rate_ci", "n"}]`
   (`lmpref evaluate`: judged by the labeler; `--read-human`: by people), each drawn as a table.
   Optional `human_accuracy` (`--read-human` after `--enqueue-accuracy`; `lmpref.eval.winrate.human_accuracy`):
@@ -136,6 +138,24 @@ def _pairwise(rows, judge: str) -> str:
             ]
         )
     return f"<h3>Judged by {esc(judge)}</h3>" + _table(["policy A", "policy B", "A wins", "95% CI", "n"], cells)
+
+
+def _policies(ev: Mapping) -> str:
+    """eval.json `policies` {name: what it is} with `mean_reward_by_policy` and `kl_by_policy`: every
+    policy evaluated (trained ones, checkpoints, best-of-N) side by side."""
+
+    def mapping(key: str) -> Mapping:
+        value = ev.get(key)
+        return value if isinstance(value, Mapping) else {}
+
+    what, reward, kl = mapping("policies"), mapping("mean_reward_by_policy"), mapping("kl_by_policy")
+    names = list(dict.fromkeys([*what, *reward]))
+    if not names:
+        return '<p class="note">No per-policy results in eval.json.</p>'
+    rows = [
+        [esc(n), esc(what.get(n, "")), fmt(reward.get(n)), fmt(kl.get(n, 0.0 if n == "ref" else None))] for n in names
+    ]
+    return _table(["policy", "what", "mean reward", "KL vs reference (nats)"], rows)
 
 
 def _accuracy(ratings, run) -> str:
@@ -292,6 +312,8 @@ def render_report(title: str, ev, metrics_rows: Sequence[Mapping], se, notes: Se
         if missing:
             notes.append(f"eval.json lacks {', '.join(missing)}.")
         body.append(_headline(ev))
+        if "policies" in ev or "mean_reward_by_policy" in ev:
+            body.append("<h3>Every policy</h3>" + _policies(ev))
     else:
         body.append('<p class="note">No evaluation (eval.json missing or unreadable).</p>')
     if isinstance(ev, Mapping) and ("pairwise" in ev or "human_pairwise" in ev):

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmpref.config import RunConfig
+from lmpref.config import ConfigError, RunConfig
 from lmpref.core.loading import load_tokenizer
 from lmpref.core.models import PolicyWithValue
 from lmpref.core.reward import RewardModel
@@ -31,7 +32,13 @@ from lmpref.io import DataError, atomic_write_text, read_jsonl, write_jsonl
 
 
 def step_evaluate(
-    cfg: RunConfig, policy_path: Path, reward_path: Path | None, out: Path, *, compare: dict[str, Path] | None = None
+    cfg: RunConfig,
+    policy_path: Path,
+    reward_path: Path | None,
+    out: Path,
+    *,
+    compare: dict[str, Path] | None = None,
+    best_of: dict[str, tuple[int, str]] | None = None,
 ) -> dict:
     """Every policy answers the same held-out queries with the same sampling noise: the trained
     `policy`, the reference model `ref`, and any in `compare` (an SFT model, checkpoints, other
@@ -41,6 +48,12 @@ def step_evaluate(
                           policies (and lead-3 and the references on summarization tasks)
       eval_samples.jsonl  every query with each policy's `<name>_response` and `<name>_valid`
       summary_eval.json   summarization tasks: ROUGE, novelty, copying per policy (metrics.summary_eval)
+
+    `best_of` {name: (N, base)} adds best-of-N policies, trained on nothing: N samples of `base`
+    ('ref', 'policy', a `compare` name or a policy directory) per query, the one the reward model
+    scores highest kept (an invalid response scores the task's penalty). Their KL is the analytic
+    log N − (N − 1)/N of best-of-N against its base (Stiennon et al. 2020, appendix G.3; exact
+    for continuous rewards without ties), recorded in `kl_by_policy`.
     """
     from tqdm.auto import tqdm
 
@@ -65,13 +78,24 @@ def step_evaluate(
             )
         models[name] = PolicyWithValue.load(path, dtype=cfg.model.dtype).to(device).eval()
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval() if reward_path else None
+    bases = {}
+    for name, (n, base) in (best_of or {}).items():
+        if rm is None:
+            raise ConfigError(
+                f"best-of-N policy {name!r} keeps the sample the reward model prefers: give --reward-model"
+            )
+        if name in models or n < 1:
+            raise ConfigError(f"best-of-N policy {name!r}: choose a name not taken and N >= 1 (got {n})")
+        bases[name] = (
+            models[base] if base in models else PolicyWithValue.load(base, dtype=cfg.model.dtype).to(device).eval()
+        )
     source = make_query_source(tok, cfg.task, "eval")
     queries = source.sample(cfg.eval.num_queries, f"eval-{cfg.seed}")
     labeler = make_labeler(cfg.labeler.name)
     R, T, bs = cfg.task.response_length, cfg.task.temperature, cfg.sample.batch_size
-    responses = {name: [] for name in models}  # name -> [(text, valid)] per query
-    rewards = {name: [] for name in models}
-    kls = {name: [] for name in models if name != "ref"}
+    responses = {name: [] for name in [*models, *bases]}  # name -> [(text, valid)] per query
+    rewards = {name: [] for name in [*models, *bases]}
+    kls = {name: [] for name in [*models, *bases] if name != "ref"}
     plans = {name: trunk_plan(model.lm, ref.lm, rm) for name, model in models.items()}
     plans["ref"] = dataclasses.replace(plans["ref"], depth=0)  # ρ against itself: no KL to compute
     with torch.no_grad():
@@ -101,6 +125,24 @@ def step_evaluate(
                 responses[name] += [
                     (tok.decode(x[:n]), bool(v)) for x, n, v in zip(resp.tolist(), lengths.tolist(), valid.tolist())
                 ]
+            for name, base_model in bases.items():
+                n = best_of[name][0]
+                torch.manual_seed(cfg.seed * 31 + s + 7_919 * n)
+                per = max(1, bs // n)  # queries per pass: each sampled n times
+                for q0 in range(0, len(chunk), per):
+                    s_ = sample(
+                        base_model.lm, qids[q0 : q0 + per], qmask[q0 : q0 + per], k=n, response_length=R, temperature=T
+                    )
+                    resp, Q = s_.responses, s_.query_ids.shape[1]  # (b·n, R)
+                    lengths, valid = postprocess(resp.cpu(), cfg.task, tok)
+                    ids, mask = cat_query_response(s_.query_ids, s_.query_mask, resp)
+                    r = reward_scores(rm, ids, mask, Q + lengths.to(device) - 1, Q)
+                    r = apply_penalty(r, valid, cfg.task.penalty_reward).view(-1, n)  # (b, n)
+                    for i, j in enumerate(r.argmax(1).tolist()):
+                        k = i * n + j
+                        rewards[name].append(r[i, j].item())
+                        responses[name].append((tok.decode(resp[k, : lengths[k]].tolist()), bool(valid[k])))
+                        kls[name].append(math.log(n) - (n - 1) / n)
     references = [(q.extra or {}).get("reference") for q in queries]
     summarizing = isinstance(source, SummarizationSource)
     if summarizing:  # the paper's baselines, judged like any policy (§4.2)
@@ -135,6 +177,7 @@ def step_evaluate(
                 "policy": str(policy_path),
                 "ref": cfg.model.name,
                 **{k: str(v) for k, v in (compare or {}).items()},
+                **{k: f"best-of-{n} of {base}" for k, (n, base) in (best_of or {}).items()},
             },
             "pairwise": pairwise_win_rates(labeler, [q.text for q in queries], responses, references),
             "mean_reward_by_policy": {k: mean(v) for k, v in rewards.items()},

@@ -147,15 +147,16 @@ def _slope(ys: list[float]) -> float:
 def direction_guard(rows: list[dict], window: int) -> str | None:
     """During PPO: over the last `window` updates the reward model's score of the policy's samples
     (`objective/scores`) fell while the score PPO is fed (`ppo/scores_seen`, read back from the
-    shaped rewards) rose. PPO is then improving its objective by going against the reward model:
-    a sign flipped inside PPO, the paper's overnight bug (Ziegler et al. 2019, §4.4). In a sound run
-    the two are the same number, so this never fires on noise."""
+    shaped rewards; RLOO's `rloo/scores_seen`) rose. PPO is then improving its objective by going
+    against the reward model: a sign flipped inside PPO, the paper's overnight bug (Ziegler et al.
+    2019, §4.4). In a sound run the two are the same number, so this never fires on noise."""
     if window < 2:
         return None
-    tail = [r for r in rows if "objective/scores" in r and "ppo/scores_seen" in r][-window:]
+    seen_key = lambda r: "ppo/scores_seen" if "ppo/scores_seen" in r else "rloo/scores_seen"  # noqa: E731
+    tail = [r for r in rows if "objective/scores" in r and seen_key(r) in r][-window:]
     if len(tail) < window:
         return None
-    scores, seen = [r["objective/scores"] for r in tail], [r["ppo/scores_seen"] for r in tail]
+    scores, seen = [r["objective/scores"] for r in tail], [r[seen_key(r)] for r in tail]
     if _slope(scores) < 0 < _slope(seen):
         return (
             f"guard: over PPO updates {tail[0]['step']}-{tail[-1]['step']} the reward model's score of the policy's "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lmpref.config import RunConfig, check_resume, save_config
+from lmpref.config import ConfigError, RunConfig, check_resume, save_config
 from lmpref.core.accel import full_model_state, load_optimizer_state
 from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue, freeze_lower_layers
@@ -280,9 +280,9 @@ def step_train_policy(
     should_stop=None,
     check_reward: bool = True,
 ) -> dict:
-    """PPO into run_dir (checkpoints/, metrics.jsonl, policy/). `should_stop()` is read between
-    updates. Each update's metrics row, once logged and before that update's checkpoint is written,
-    is announced as the point `update` (`lmpref.steps.hooks`).
+    """PPO (or RLOO with `algo = rloo`) into run_dir (checkpoints/, metrics.jsonl, policy/).
+    `should_stop()` is read between updates. Each update's metrics row, once logged and before that
+    update's checkpoint is written, is announced as the point `update` (`lmpref.steps.hooks`).
 
     Guards: before PPO, the reward model as saved (`check_reward_model`; the experiment loop has
     already run it on the round's model and passes check_reward=False); between updates, the
@@ -291,6 +291,7 @@ def step_train_policy(
     from accelerate import Accelerator
 
     from lmpref.core.ppo import make_optimizer, train_policy
+    from lmpref.core.rloo import train_rloo
     from lmpref.tasks import make_query_source
 
     if check_reward:
@@ -331,7 +332,14 @@ def step_train_policy(
     ref = load_reference(cfg, device)
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
     rm.requires_grad_(False)
-    optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.ppo)
+    rloo = cfg.algo == "rloo"
+    if rloo:
+        if accelerator.num_processes > 1:
+            raise ConfigError("--algo rloo runs in one process: launch it plainly, not under accelerate / torchrun")
+        policy.value_head.requires_grad_(False)  # RLOO has no value function
+        optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.rloo.lr, eps=1e-5)
+    else:
+        optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.ppo)
     check_supported(accelerator)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # DDP wraps; FSDP2 shards in place
     state = None
@@ -340,26 +348,46 @@ def step_train_policy(
         state = json.loads((ckpt / "state.json").read_text())
         print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
     source = make_query_source(tok, cfg.task, "train")
-    state = train_policy(
-        policy,
-        ref,
-        rm,
-        tok,
-        lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"),
-        cfg.ppo,
-        cfg.task,
-        seed=cfg.seed,
-        device=device,
-        state=state,
-        optimizer=optimizer,
-        log=_then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row)
-        if accelerator.is_main_process
-        else None,
-        checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
-        should_stop=stop_or_guard,
-        forward_batch=cfg.sample.batch_size,
-        accelerator=accelerator,
+    log = (
+        _then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row) if accelerator.is_main_process else None
     )
+    if rloo:
+        state = train_rloo(
+            policy,
+            ref,
+            rm,
+            tok,
+            lambda update, n: source.sample(n, f"rloo-{cfg.seed}-{update}"),
+            cfg.rloo,
+            cfg.task,
+            seed=cfg.seed,
+            device=device,
+            state=state,
+            optimizer=optimizer,
+            log=log,
+            checkpoint=checkpoint_fn(run_dir, policy, tok, True),
+            should_stop=stop_or_guard,
+            forward_batch=cfg.sample.batch_size,
+        )
+    else:
+        state = train_policy(
+            policy,
+            ref,
+            rm,
+            tok,
+            lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"),
+            cfg.ppo,
+            cfg.task,
+            seed=cfg.seed,
+            device=device,
+            state=state,
+            optimizer=optimizer,
+            log=log,
+            checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
+            should_stop=stop_or_guard,
+            forward_batch=cfg.sample.batch_size,
+            accelerator=accelerator,
+        )
     weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
     if weights is not None and accelerator.is_main_process:
         with atomic_dir(run_dir / "policy") as tmp:
@@ -368,9 +396,108 @@ def step_train_policy(
     return state
 
 
+def _labels_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_reference_logprobs(cfg: RunConfig, ref, labels, labels_path: Path, tok, run_dir: Path) -> list:
+    """log ρ(y|x) of every labeled response, computed once and kept in run_dir/dpo_ref_logprobs.json
+    (reused on --resume while the labels file, the reference model and the temperature are the same)."""
+    from lmpref.core.dpo import reference_logprobs
+
+    path = run_dir / "dpo_ref_logprobs.json"
+    key = {"labels": _labels_digest(labels_path), "model": cfg.model.name, "temperature": cfg.task.temperature}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = {}
+        if saved.get("key") == key and len(saved.get("logprobs", [])) == len(labels):
+            return saved["logprobs"]
+    lp = reference_logprobs(ref, labels, tok.pad_token_id, cfg.task.temperature, cfg.sample.batch_size)
+    atomic_write_text(path, json.dumps({"key": key, "logprobs": lp}))
+    return lp
+
+
+def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None) -> dict:
+    """K-way DPO on a best-of-K labels file into run_dir (checkpoints/, metrics.jsonl + tb/,
+    dpo_ref_logprobs.json, policy/, dpo.json), no reward model. The labels are split as the reward
+    model splits them (`split_labels` with `dpo.holdout_fraction` and the seed); the held-out share
+    measures the implicit reward's accuracy. `should_stop()` is read between steps; each step's
+    metrics row, once logged and before its checkpoint, is announced as the point `update`."""
+    from lmpref.core.dpo import train_dpo
+    from lmpref.core.reward import read_labels, split_labels
+
+    device = setup(cfg)
+    tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
+    labels = read_labels(labels_path, tok)
+    train, heldout = split_labels(labels, cfg.dpo.holdout_fraction, cfg.seed)
+    if not train:
+        raise ConfigError(
+            f"{labels_path}: no labels left for DPO after the hold-out split; collect more labels or lower "
+            "dpo.holdout_fraction"
+        )
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is None and resume:
+        print(f"[lmpref] no checkpoint in {run_dir}/checkpoints: starting DPO from the beginning")
+    if ckpt is None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    ref = load_reference(cfg, device)
+    ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir)
+    position = {id(c): i for i, c in enumerate(labels)}
+    policy = (
+        PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
+        if ckpt
+        else PolicyWithValue(
+            load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
+        )
+    ).to(device)
+    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr)
+    state = None
+    if ckpt:
+        load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
+        state = json.loads((ckpt / "state.json").read_text())
+        print(f"[lmpref] resuming DPO from {ckpt} (step {state['step']})")
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb")
+
+    def log(row: dict) -> None:
+        metrics_log(row)
+        hooks.point("update", row["step"])
+
+    state = train_dpo(
+        policy,
+        train,
+        [ref_lp[position[id(c)]] for c in train],
+        heldout,
+        [ref_lp[position[id(c)]] for c in heldout],
+        cfg.dpo,
+        pad_id=tok.pad_token_id,
+        temperature=cfg.task.temperature,
+        seed=cfg.seed,
+        state=state,
+        optimizer=optimizer,
+        log=log,
+        checkpoint=checkpoint_fn(run_dir, policy, tok, True),
+        should_stop=should_stop,
+    )
+    if not state.get("stopped"):
+        with atomic_dir(run_dir / "policy") as tmp:
+            policy.save(tmp)
+            tok.save_pretrained(tmp)
+        summary = {**state, "n_train": len(train), "n_heldout": len(heldout), "labels": str(labels_path)}
+        atomic_write_text(run_dir / "dpo.json", json.dumps(summary, indent=2))
+    return state
+
+
 def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
-    """The main job: sample from ρ, label, train the reward model, PPO, evaluate. A resume must
-    keep the run's config (`check_resume`), or its files would mix two runs."""
+    """The main job: sample from ρ, label, train the reward model, PPO (or RLOO), evaluate; with
+    `algo = dpo`: sample, label, DPO on the labels, evaluate. A resume must keep the run's config
+    (`check_resume`), or its files would mix two runs."""
     run_dir = cfg.resolved_run_dir()
     if resume:
         check_resume(cfg, run_dir / "config.json", allow_config_change)
@@ -388,6 +515,18 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
             step_label(samples, labels, labeler=cfg.labeler.name, temperature=cfg.labeler.temperature, seed=cfg.seed)
         )
         print(f"      {n} labels")
+    if cfg.algo == "dpo":  # no reward model: the policy learns from the labels themselves
+        if not (run_dir / "policy" / "config.json").exists():
+            print("[3/4] DPO on the labels")
+            state = step_train_dpo(cfg, labels, run_dir, resume=True)
+            if state.get("stopped"):
+                return {"stopped": state["stopped"]}
+            print(
+                f"      held-out implicit-reward accuracy {state['heldout_accuracy_before']:.1%} -> "
+                f"{state['heldout_accuracy']:.1%}"
+            )
+        print("[4/4] evaluating on held-out queries")
+        return step_evaluate(cfg, run_dir / "policy", None, run_dir / "eval.json")
     if not (rm_dir / "config.json").exists():
         print("[3/5] training the reward model")
         step_train_reward(cfg, labels, samples, rm_dir, run_dir / "reward_metrics.jsonl")
@@ -400,7 +539,7 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
     if reason:
         return {"stopped": reason}
     if not (run_dir / "policy" / "config.json").exists():
-        print("[4/5] PPO")
+        print(f"[4/5] {cfg.algo.upper()}")
         state = step_train_policy(cfg, rm_dir, run_dir, resume=True, check_reward=False)
         if state.get("stopped"):
             return {"stopped": state["stopped"]}

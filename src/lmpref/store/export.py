@@ -60,7 +60,7 @@ def labeled(
         q = q.where(Label.too_fast.is_(False))
     if not include_gold:
         q = q.where(~select(GoldTask.task_id).where(GoldTask.task_id == Task.id).exists())
-    yield from session.execute(q).tuples()
+    yield from ((label, task) for label, task in session.execute(q))
 
 
 def bestofk_record(label: Label, task: Task) -> dict[str, Any]:
