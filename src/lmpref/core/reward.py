@@ -248,6 +248,20 @@ def accuracy(
     return hits / len(labels)
 
 
+def truncate_labels(labels: list[Choice], query_length: int, response_length: int) -> list[Choice]:
+    """Labels cut to the lengths the reward model is trained at: the END of each query (a dialogue's
+    last turns, a post's "TL;DR:") and the START of each response. A length of 0 leaves it whole."""
+    return [
+        Choice(
+            c.query_ids[-query_length:] if query_length > 0 else c.query_ids,
+            [r[:response_length] if response_length > 0 else r for r in c.response_ids],
+            c.best,
+            c.doc_id,
+        )
+        for c in labels
+    ]
+
+
 def split_labels(labels: list[Choice], holdout_fraction: float, seed: int) -> tuple[list[Choice], list[Choice]]:
     """(train, held-out). Labels that share a `doc_id` land on the same side: a document compared
     more than once (55 of the 866 human TL;DR posts, in 118 of the 929 comparisons) must not be
