@@ -137,6 +137,9 @@ def test_steps_alone_then_resume_policy_training(tmp_path):
     )
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    card = (run / "policy" / "README.md").read_text()  # the model card: start model, reward model, figures
+    assert "base_model: tiny-gpt2" in card and f"reward model: `{tmp_path / 'rm'}`" in card and "| update | 4 |" in card
+    assert "best-of-K loss" in (tmp_path / "rm" / "README.md").read_text()
     assert main(["generate", "--policy", str(run / "policy"), "--prompt", "Hello there.", "--length", "4"]) == 0
 
 

@@ -322,3 +322,14 @@ def test_every_export_labels_format_reads_back(labeled_store, tmp_path, fmt):
         else:
             assert (label.query, label.responses, label.best) == (row["prompt"], [row["chosen"], row["rejected"]], 0)
         assert label.extra["doc_id"]
+
+
+def test_export_labels_writes_a_datasets_folder(labeled_store, tmp_path, capsys):
+    url = str(labeled_store.kw["bind"].url)
+    with store.transaction(labeled_store) as session:
+        rows = list(store.export_records(session, run="r", fmt="pairwise"))
+    out = tmp_path / "pairs_ds"
+    assert main(["export-labels", "--db", url, "--run", "r", "--format", "pairwise", "--dataset", str(out)]) == 0
+    assert f"wrote {len(rows)} pairwise rows" in capsys.readouterr().out
+    assert datasets.load_from_disk(str(out)).to_list() == rows
+    assert len(read_preferences(out)) == len(rows) == 9  # 3 labels of 4 responses: 3 pairs each

@@ -52,6 +52,12 @@ def test_text_only_samples_no_longer_end_in_a_key_error(tmp_path, capsys):
     held_ids = {r["id"] for r in heldout}
     assert not held_prompts & {r["query"] for r in trained if r["id"] not in held_ids}
     assert m["n_heldout_prompts"] == len(held_prompts) and m["n_heldout_prompts_also_trained"] == 0
+    # The folder carries a model card with the data, the algorithm and the figures.
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "best-of-K loss" in card
+    assert f"labels: `{labels}`" in card and f"trained on {m['n_train']} labels" in card
+    assert f"| trained model | {m['accuracy_after']:.1%} (95% Wilson CI {lo:.1%}-{hi:.1%}) |" in card
+    assert "| longer response wins | 100.0% |" in card
 
 
 def test_no_samples_and_a_separate_test_file(tmp_path, capsys):
@@ -105,3 +111,15 @@ def test_text_samples_are_tokenised_and_cut_like_the_labels():
 )
 def test_longer_response_wins_baseline(labels, expected):
     assert longer_wins(labels) == expected
+
+
+def test_policy_card_names_the_start_the_reward_model_and_the_figures():
+    from lmpref.formats.cards import policy_card
+
+    card = policy_card(
+        {"preset": "tldr", "scale": "small", "seed": 3, "model": {"name": "smollm2-135m"}, "task": {"name": "tldr"}},
+        {"update": 6, "mean_reward": 0.25, "stopped": None},
+        reward_model="runs/x/reward_model",
+    )
+    assert "base_model: smollm2-135m" in card and "reward model: `runs/x/reward_model`" in card
+    assert "| update | 6 |" in card and "| mean_reward | 0.25 |" in card and "PPO" in card

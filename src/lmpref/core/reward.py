@@ -505,9 +505,10 @@ class RewardModel(nn.Module):
         self.gain.fill_(gain)
         self.bias.fill_(bias)
 
-    def save(self, path: str | Path, extra: dict | None = None, tokenizer=None) -> None:
-        """Write the folder whole (weights, config, `extra` as lmpref_reward.json, the tokenizer)
-        under a temporary name, then rename: a kill leaves either the old folder or the new one."""
+    def save(self, path: str | Path, extra: dict | None = None, tokenizer=None, card: str | None = None) -> None:
+        """Write the folder whole (weights, config, `extra` as lmpref_reward.json, the tokenizer,
+        `card` as README.md) under a temporary name, then rename: a kill leaves either the old
+        folder or the new one."""
         self.clf.config.lmpref_reward_gain = float(self.gain)
         self.clf.config.lmpref_pooling = self.pooling
         self.clf.config.lmpref_template_ids = self.template.tolist()
@@ -519,6 +520,8 @@ class RewardModel(nn.Module):
                 (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            if card is not None:
+                (tmp / "README.md").write_text(card)
 
 
 def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:

@@ -415,10 +415,16 @@ def write_preferences(rows: list[dict[str, Any]], out: str | Path) -> str:
     if out.suffix.lower() in (".jsonl", ".json"):
         write_jsonl(out, rows)
         return f"{out} (JSONL)"
+    write_dataset(rows, out)
+    return f"{out} (a datasets folder: datasets.load_from_disk({json.dumps(str(out))}))"
+
+
+def write_dataset(rows: list[dict[str, Any]], out: str | Path) -> None:
+    """`rows` as a `datasets` dataset saved to the folder `out`, written whole (a temporary folder,
+    then one rename)."""
     import datasets
 
     datasets.disable_progress_bars()
     ds = datasets.Dataset.from_list(rows)
     with atomic_dir(out) as tmp:
         ds.save_to_disk(str(tmp))
-    return f"{out} (a datasets folder: datasets.load_from_disk({json.dumps(str(out))}))"

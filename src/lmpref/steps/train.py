@@ -29,6 +29,7 @@ from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue, freeze_lower_layers
 from lmpref.core.reward import RewardModel, new_reward_model
 from lmpref.core.runtime import load_reference, setup
+from lmpref.formats.cards import policy_card, reward_card
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
 from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, unwrapped
@@ -160,7 +161,7 @@ def step_train_reward(
             "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
         }
     )
-    rm.save(out, extra=metrics, tokenizer=tok)
+    rm.save(out, extra=metrics, tokenizer=tok, card=reward_card(metrics))
     return metrics
 
 
@@ -211,6 +212,10 @@ def longer_wins(labels) -> float:
     return score / len(labels)
 
 
+def _config_dict(cfg: RunConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
 def _fresh_log(log_path: Path | None) -> MetricsLog | None:
     """A step's metrics log, emptied first: a step redone after a crash (`run --resume`) logs its
     steps once, not [1, 2, 1, 2]."""
@@ -251,6 +256,8 @@ def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
         policy.save(tmp)
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "sft_metrics.json", json.dumps(metrics, indent=2))
+        card = policy_card(_config_dict(cfg), metrics, algorithm="supervised fine-tuning on the task's references")
+        atomic_write_text(tmp / "README.md", card)
     return metrics
 
 
@@ -311,7 +318,7 @@ def step_train_reward_human(
             "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
         }
     )
-    rm.save(out, extra=metrics, tokenizer=tok)
+    rm.save(out, extra=metrics, tokenizer=tok, card=reward_card(metrics))
     return metrics
 
 
@@ -427,6 +434,7 @@ def step_train_policy(
         with atomic_dir(run_dir / "policy") as tmp:
             PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
+            atomic_write_text(tmp / "README.md", policy_card(_config_dict(cfg), state, reward_model=str(reward_path)))
     return state
 
 
