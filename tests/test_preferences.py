@@ -185,8 +185,14 @@ def test_unknown_columns_and_bad_labels_are_clear(tmp_path, capsys):
 
 
 def test_an_unreachable_hub_id_is_one_line(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # read at import time: offline now, so the test answers at once instead of retrying the network
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     err = _cli_error(capsys, ["import-preferences", "someone/no-such-prefs", "--out", str(tmp_path / "o.jsonl")])
     assert "someone/no-such-prefs: not a local file or directory, and the Hugging Face Hub dataset could not" in err
     err = _cli_error(capsys, ["import-preferences", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
