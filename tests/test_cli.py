@@ -137,6 +137,9 @@ def test_steps_alone_then_resume_policy_training(tmp_path):
     )
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    card = (run / "policy" / "README.md").read_text()  # the model card: start model, reward model, figures
+    assert "base_model: tiny-gpt2" in card and f"reward model: `{tmp_path / 'rm'}`" in card and "| update | 4 |" in card
+    assert "best-of-K loss" in (tmp_path / "rm" / "README.md").read_text()
     assert main(["generate", "--policy", str(run / "policy"), "--prompt", "Hello there.", "--length", "4"]) == 0
 
 
@@ -246,23 +249,3 @@ def test_only_train_policy_runs_under_a_multi_process_launch(capsys, monkeypatch
         main(["sample", "--preset", "nonexistent", "--out", str(tmp_path / "s.jsonl")]) == 2
     )  # one process: the command itself runs (and finds the bad preset)
     assert "one of" not in capsys.readouterr().err
-
-
-def test_train_reward_on_outside_text_labels_without_samples(tmp_path, capsys):
-    """Outside data as a user brings it: text-only labels, no samples file (normalised on the labels'
-    own responses), a separate test file; held-out accuracy is printed with its 95% interval."""
-    good, bad = " what a lovely, happy, wonderful day", " a horrible, sad, awful day"
-    rows = [
-        {"query": f"Day {i}: it was", "responses": [bad, good] if i % 2 else [good, bad], "best": i % 2}
-        for i in range(24)
-    ]
-    labels, test = tmp_path / "labels.jsonl", tmp_path / "test.jsonl"
-    labels.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
-    test.write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
-    argv = ["train-reward", "--preset", "test", "--scale", "tiny", "--labels", str(labels)]
-    assert main([*argv, "--test-labels", str(test), "--out", str(tmp_path / "rm")]) == 0
-    out = capsys.readouterr().out
-    assert f"held-out accuracy on the labels in {test}: " in out and "95% CI" in out and "n=8" in out
-    saved = json.loads((tmp_path / "rm" / "lmpref_reward.json").read_text())
-    assert saved["n_train"] == 16 and saved["n_heldout"] == 8 and saved["heldout_rows"] == list(range(1, 9))
-    assert saved["normalised_on"] == "the labels' own responses" and len(saved["accuracy_after_ci"]) == 2

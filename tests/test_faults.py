@@ -78,9 +78,9 @@ def test_run_measures_the_saved_reloaded_reward_model(tmp_path, capsys, monkeypa
 
     save = RewardModel.save
 
-    def save_with_flipped_sign(self, path, extra=None, tokenizer=None):
+    def save_with_flipped_sign(self, path, extra=None, tokenizer=None, **kwargs):
         self.set_normalization(-float(self.gain), -float(self.bias))
-        save(self, path, extra=extra, tokenizer=tokenizer)
+        save(self, path, extra=extra, tokenizer=tokenizer, **kwargs)
 
     monkeypatch.setattr(RewardModel, "save", save_with_flipped_sign)
     run = tmp_path / "run"
@@ -156,7 +156,7 @@ def test_samples_missing_fields(trained, tmp_path, capsys):
     assert main(["label", str(samples), "--out", str(tmp_path / "l.jsonl")]) == 2
     assert f"{samples}:1: sampling record lacks 'responses'" in _one_clean_line(capsys)
     rec = json.loads((trained / "s.jsonl").read_text().splitlines()[0])
-    del rec["responses"]
+    del rec["responses"], rec["response_ids"]  # neither text nor token ids
     samples.write_text(json.dumps(rec) + "\n")
     argv = ["train-reward", *TINY, "--labels", str(trained / "l.jsonl"), "--samples", str(samples)]
     assert main([*argv, "--out", str(tmp_path / "rm")]) == 2
@@ -275,7 +275,7 @@ def test_disk_full_while_saving_is_one_line_and_resume_does_not_duplicate(traine
 
     save = RewardModel.save
 
-    def disk_full(self, path, extra=None, tokenizer=None):
+    def disk_full(self, path, extra=None, tokenizer=None, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     run = tmp_path / "run"

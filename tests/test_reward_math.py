@@ -176,15 +176,3 @@ def test_outside_labels_are_cut_to_the_models_lengths_keeping_the_querys_end():
     assert cut.query_ids == [3, 4, 5] and cut.response_ids == [[6, 7], [9]]  # a dialogue's last turns, a reply's start
     short = Choice([1, 2], [[3]], 0)
     assert truncate_labels([short], 3, 2) == [short]  # within both: as it was
-
-
-def test_one_prompt_labeled_twice_stays_on_one_side():
-    from lmpref.core.reward import by_prompt
-
-    labels = by_prompt([Choice([i % 5], [[1], [2]], 0) for i in range(20)])  # 5 prompts, 4 labels each
-    assert len({c.doc_id for c in labels}) == 5
-    for seed in range(10):
-        train, heldout = split_labels(labels, 0.4, seed)
-        assert not {c.doc_id for c in train} & {c.doc_id for c in heldout}
-    kept = by_prompt([Choice([1], [[1], [2]], 0, doc_id="post-7")])
-    assert kept[0].doc_id == "post-7"  # a label's own document wins

@@ -98,23 +98,90 @@ def cmd_train_reward(args) -> int:
     from lmpref.steps.train import step_train_reward
 
     cfg = _config(args)
+    out = Path(args.out)
     m = step_train_reward(
         cfg,
         Path(args.labels),
         Path(args.samples) if args.samples else None,
-        Path(args.out),
-        Path(args.out).with_name(Path(args.out).name + "_metrics.jsonl"),
+        out,
+        out.with_name(out.name + "_metrics.jsonl"),
         test_labels_path=Path(args.test_labels) if args.test_labels else None,
+        columns=_columns(args),
+        split=args.split,
     )
     print(json.dumps({k: v for k, v in m.items() if k.startswith(("accuracy", "chance", "n_"))}, indent=2))
-    if m["n_heldout"]:
-        lo, hi = m["accuracy_after_ci"]
-        where = f"the labels in {args.test_labels}" if args.test_labels else "held-out labels (split by prompt)"
-        print(
-            f"held-out accuracy on {where}: {m['accuracy_before']:.1%} before -> {m['accuracy_after']:.1%} after "
-            f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']}, chance {m['chance']:.1%}); trained on {m['n_train']}"
-        )
-    print(f"saved the reward model to {args.out}")
+    lo, hi = m["accuracy_after_ci"]
+    where = (
+        f"the test labels {args.test_labels}"
+        if args.test_labels
+        else f"held out by prompt, saved to {m['heldout_labels']}"
+    )
+    print(
+        f"held-out accuracy: {m['accuracy_before']:.1%} untrained -> {m['accuracy_after']:.1%} trained "
+        f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']} labels of {m['n_heldout_prompts']} prompts, {where}); "
+        f"longer response wins: {m['accuracy_longer_wins']:.1%}"
+    )
+    if m["n_heldout_prompts_also_trained"]:
+        print(f"note: {m['n_heldout_prompts_also_trained']} held-out prompts are also in the training labels")
+    print(f"saved the reward model to {out}")
+    return 0
+
+
+def _column_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("columns of outside preference data (default: the usual names)")
+    for name, what in (
+        ("prompt", "the prompt (prompt, instruction, query, question)"),
+        ("chosen", "the preferred response (chosen)"),
+        ("rejected", "the other response (rejected)"),
+        ("a", "the first of two answers (answer_a, response_a)"),
+        ("b", "the second of two answers (answer_b, response_b)"),
+        ("label", "which answer is better: a/b, 0/1 or tie (label, preference, winner, choice)"),
+        ("responses", "a list of responses, or of {response, score} objects (completions, responses)"),
+        ("scores", "one score per response (scores, ratings, rewards, ranks), or the score key of each object"),
+    ):
+        g.add_argument(f"--{name}-col", help=what)
+    g.add_argument("--ranks", action="store_true", help="the scores are ranks: lower is better")
+    g.add_argument("--split", default="train", help="the split of a dataset folder or Hub dataset (default: train)")
+
+
+def _columns(args):
+    from lmpref.formats.preferences import Columns
+
+    return Columns(
+        prompt=args.prompt_col,
+        chosen=args.chosen_col,
+        rejected=args.rejected_col,
+        a=args.a_col,
+        b=args.b_col,
+        label=args.label_col,
+        responses=args.responses_col,
+        scores=args.scores_col,
+        ranks=args.ranks,
+    )
+
+
+def cmd_import_preferences(args) -> int:
+    from lmpref.formats.preferences import read_preferences
+    from lmpref.io import write_jsonl
+
+    labels = read_preferences(args.source, _columns(args), split=args.split)
+    write_jsonl(args.out, [label.to_json() for label in labels])
+    ties = sum(label.tie for label in labels)
+    prompts = len({label.extra.get("doc_id") for label in labels})
+    print(
+        f"wrote {len(labels)} best-of-K labels ({ties} ties) of {prompts} prompts from {args.source} to {args.out}; "
+        f"train on them with: lmpref train-reward --labels {args.out} --out REWARD_MODEL"
+    )
+    return 0
+
+
+def cmd_export_preferences(args) -> int:
+    from lmpref.formats.preferences import read_preferences, trl_rows, write_preferences
+
+    labels = read_preferences(args.source, _columns(args), split=args.split)
+    rows = trl_rows(labels, conversational=args.format == "trl-chat")
+    wrote = write_preferences(rows, args.out)
+    print(f"wrote {len(rows)} {args.format} preference rows (one per chosen/rejected pair; ties left out) to {wrote}")
     return 0
 
 
@@ -435,15 +502,45 @@ def build_parser() -> argparse.ArgumentParser:
         "train-reward", help="train a reward model on best-of-K labels (ours or OpenAI's released files)"
     )
     _config_args(p)
-    p.add_argument("--labels", required=True, help="best-of-K labels: lmpref's, OpenAI's or pairwise; text or ids")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="labels: lmpref's, OpenAI's, or a preference dataset (file, folder or Hub id; see import-preferences)",
+    )
     p.add_argument(
         "--samples",
-        help="reference-model samples (sampling JSONL, token ids or text) to normalise on; "
-        "default: the labels' own responses",
+        help="reference-model samples (sampling JSONL; token ids or text) to normalise on (default: "
+        "the labels' own responses)",
     )
-    p.add_argument("--test-labels", help="measure held-out accuracy on this label file (every --labels row trains)")
+    p.add_argument(
+        "--test-labels",
+        help="held-out labels (any --labels input); default: hold out reward.holdout_fraction by prompt",
+    )
     p.add_argument("--out", required=True)
+    _column_args(p)
     p.set_defaults(func=cmd_train_reward)
+
+    p = sub.add_parser(
+        "import-preferences",
+        help="a preference dataset (pairwise, labeled a/b, scored; JSONL, JSON, Parquet, CSV, a datasets folder or a "
+        "Hub id) -> lmpref's best-of-K labels JSONL",
+    )
+    p.add_argument("source", help="a file, a folder (datasets.save_to_disk or data files) or a Hub dataset id")
+    p.add_argument("--out", required=True, help="labels JSONL")
+    _column_args(p)
+    p.set_defaults(func=cmd_import_preferences)
+
+    p = sub.add_parser(
+        "export-preferences",
+        help="labels (or any import-preferences input) -> TRL's preference format, as JSONL or a datasets folder",
+    )
+    p.add_argument("source", help="labels JSONL, or any input import-preferences reads")
+    p.add_argument(
+        "--format", choices=["trl", "trl-chat"], default="trl", help="trl: text; trl-chat: conversational messages"
+    )
+    p.add_argument("--out", required=True, help="FILE.jsonl, or a folder for datasets.load_from_disk")
+    _column_args(p)
+    p.set_defaults(func=cmd_export_preferences)
 
     p = sub.add_parser(
         "train-reward-human",

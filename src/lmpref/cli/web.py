@@ -152,7 +152,14 @@ def export_labels(args: argparse.Namespace) -> int:
             include_fast=args.include_fast,
             include_gold=args.include_gold,
         )
-        n = write_jsonl(args.out, records)  # written whole: a failed export leaves no half file
+        if args.dataset:  # a datasets folder (datasets.load_from_disk), written whole like the JSONL
+            from lmpref.formats.preferences import write_dataset
+
+            rows = list(records)
+            write_dataset(rows, args.out)
+            n = len(rows)
+        else:
+            n = write_jsonl(args.out, records)  # written whole: a failed export leaves no half file
     unit = ROW_UNITS[args.format]
     left_out = [x for x, kept in (("too-fast", args.include_fast), ("gold-task", args.include_gold)) if not kept]
     note = f"; {' and '.join(left_out)} labels left out" if left_out else ""
@@ -251,6 +258,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--batch", default=None)
     p.add_argument("--include-fast", action="store_true", help="keep labels under the minimum time")
     p.add_argument("--include-gold", action="store_true", help="keep labels of gold tasks")
+    p.add_argument(
+        "--dataset",
+        action="store_true",
+        help="write OUT as a datasets folder (datasets.load_from_disk; --format pairwise is TRL's) instead of JSONL",
+    )
     p.add_argument("out")
     p.set_defaults(func=export_labels)
 

@@ -9,8 +9,6 @@ Shapes: B labels, K responses per label (variable; padded with a mask), N = flat
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -53,7 +51,6 @@ class Choice:
     response_ids: list[list[int]]
     best: int
     doc_id: str | None = None  # the document the query came from: labels sharing one are split together
-    row: int = 0  # its line (or item) in the file it was read from, 1-based
 
 
 def _ids(tokenizer, rec, key_ids, key_text, where):
@@ -111,7 +108,7 @@ def read_labels(path: str | Path, tokenizer) -> list[Choice]:
         doc_id = rec.get("doc_id")
         if doc_id is not None and not isinstance(doc_id, (str, int)):
             raise DataError(f"{where}: 'doc_id' must be a string, got {doc_id!r}")
-        labels.append(Choice(query, responses, best, None if doc_id is None else str(doc_id), row=lineno))
+        labels.append(Choice(query, responses, best, None if doc_id is None else str(doc_id)))
     if not labels:
         why = "the file is empty" if not rows else f"all {rows} rows are ties, which the loss skips"
         raise DataError(
@@ -255,11 +252,25 @@ def accuracy(
     return hits / len(labels)
 
 
+def truncate_labels(labels: list[Choice], query_length: int, response_length: int) -> list[Choice]:
+    """Labels cut to the lengths the reward model is trained at: the END of each query (a dialogue's
+    last turns, a post's "TL;DR:") and the START of each response. A length of 0 leaves it whole."""
+    return [
+        Choice(
+            c.query_ids[-query_length:] if query_length > 0 else c.query_ids,
+            [r[:response_length] if response_length > 0 else r for r in c.response_ids],
+            c.best,
+            c.doc_id,
+        )
+        for c in labels
+    ]
+
+
 def split_labels(labels: list[Choice], holdout_fraction: float, seed: int) -> tuple[list[Choice], list[Choice]]:
     """(train, held-out). Labels that share a `doc_id` land on the same side: a document compared
     more than once (55 of the 866 human TL;DR posts, in 118 of the 929 comparisons) must not be
     trained on and then scored as unseen, which would flatter held-out accuracy. A label without a
-    `doc_id` is a group of its own (`by_prompt` gives each one its prompt's).
+    `doc_id` is a group of its own (labels read through `lmpref.formats` carry their prompt's).
 
     Groups are visited in a seeded random order and each goes to held-out when that brings the
     held-out count nearer round(len(labels) * holdout_fraction), so the count misses by at most
@@ -287,30 +298,24 @@ def train_reward(
     pad_id: int,
     seed: int,
     log=None,
-    heldout: list[Choice] | None = None,
 ) -> dict:
     """Normalise, train on best-of-K choices for `cfg.epochs`, normalise again; returns metrics.
-    Held-out accuracy is measured on `heldout` when given (every label trains), else on the share
-    `cfg.holdout_fraction` that `split_labels` keeps aside; `heldout_rows` names those labels' rows.
+    Held-out accuracy is measured on the share `cfg.holdout_fraction` that `split_labels` keeps aside.
 
     One visible loop: shuffle, batch, loss, step. The learning rate decays linearly to 0. With a
     frozen trunk only the head trains, on features computed once (`FeatureCache`); `cfg.weight_decay`
     is an L2 penalty on the distance of the trained parameters from their start (L2-SP, Li et al.
     2018): with a verbalizer head it keeps the labels' fit near the zero-shot prior."""
     torch.manual_seed(seed)
-    if heldout is None:
-        train, heldout = split_labels(labels, cfg.holdout_fraction, seed)
-    else:
-        train = labels
+    train, heldout = split_labels(labels, cfg.holdout_fraction, seed)
     if not train:
         raise DataError(
             "no labels left for training after the hold-out split; collect more labels or lower reward.holdout_fraction"
         )
     metrics = {"n_train": len(train), "n_heldout": len(heldout), "pooling": rm.pooling}
-    metrics["heldout_rows"] = [c.row for c in heldout]
     head = {id(p) for p in rm.clf.score.parameters()}
     frozen_trunk = not any(p.requires_grad for p in rm.parameters() if id(p) not in head)
-    cache = FeatureCache(rm, train + heldout, norm_pairs, pad_id) if frozen_trunk else None
+    cache = FeatureCache(rm, labels, norm_pairs, pad_id) if frozen_trunk else None
     metrics["norm_before"] = cache.normalize() if cache else normalize(rm, norm_pairs, pad_id)
     metrics["accuracy_before"] = accuracy(rm, heldout, pad_id, cache=cache)
     params = [p for p in rm.parameters() if p.requires_grad]
@@ -360,38 +365,6 @@ def train_reward(
     metrics["norm_after"] = cache.normalize() if cache else normalize(rm, norm_pairs, pad_id)
     metrics["chance"] = (sum(1 / len(c.response_ids) for c in heldout) / len(heldout)) if heldout else float("nan")
     return metrics
-
-
-def truncate_labels(labels: list[Choice], query_length: int, response_length: int) -> list[Choice]:
-    """Labels cut to the model's lengths: a query keeps its END (the last turns of a dialogue, the
-    words just before the response), a response its START. Labels already within both are as they were."""
-    return [
-        dataclasses.replace(
-            c, query_ids=c.query_ids[-query_length:], response_ids=[r[:response_length] for r in c.response_ids]
-        )
-        for c in labels
-    ]
-
-
-def by_prompt(labels: list[Choice]) -> list[Choice]:
-    """Labels without a `doc_id` get their prompt's (a digest of the query ids), so `split_labels`
-    keeps one prompt, labeled twice by two people or in two files, on one side of the split."""
-    return [
-        c if c.doc_id is not None else dataclasses.replace(c, doc_id="query:" + _digest(c.query_ids)) for c in labels
-    ]
-
-
-def _digest(ids: list[int]) -> str:
-    return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
-
-
-def norm_pairs_from_labels(labels: list[Choice], n: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """Normalisation pairs from the labels' own responses, for reward models trained on outside
-    data without samples of the reference model (the mean and spread are then the labeled
-    responses', not ρ's)."""
-    pairs = [(c.query_ids, r) for c in labels for r in c.response_ids]
-    random.Random(f"norm-{seed}").shuffle(pairs)
-    return pairs[:n]
 
 
 def norm_pairs_from_records(records: list[dict], n: int, seed: int) -> list[tuple[list[int], list[int]]]:
@@ -546,9 +519,10 @@ class RewardModel(nn.Module):
         self.gain.fill_(gain)
         self.bias.fill_(bias)
 
-    def save(self, path: str | Path, extra: dict | None = None, tokenizer=None) -> None:
-        """Write the folder whole (weights, config, `extra` as lmpref_reward.json, the tokenizer)
-        under a temporary name, then rename: a kill leaves either the old folder or the new one."""
+    def save(self, path: str | Path, extra: dict | None = None, tokenizer=None, card: str | None = None) -> None:
+        """Write the folder whole (weights, config, `extra` as lmpref_reward.json, the tokenizer,
+        `card` as README.md) under a temporary name, then rename: a kill leaves either the old
+        folder or the new one."""
         self.clf.config.lmpref_reward_gain = float(self.gain)
         self.clf.config.lmpref_pooling = self.pooling
         self.clf.config.lmpref_template_ids = self.template.tolist()
@@ -560,6 +534,8 @@ class RewardModel(nn.Module):
                 (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            if card is not None:
+                (tmp / "README.md").write_text(card)
 
 
 def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardModel:

@@ -16,7 +16,6 @@ run_dir/
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -30,6 +29,7 @@ from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue, freeze_lower_layers
 from lmpref.core.reward import RewardModel, new_reward_model
 from lmpref.core.runtime import load_reference, setup
+from lmpref.formats.cards import policy_card, reward_card
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
 from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, unwrapped
@@ -81,72 +81,139 @@ def step_train_reward(
     log_path: Path | None = None,
     *,
     test_labels_path: Path | None = None,
+    columns=None,
+    split: str = "train",
 ) -> dict:
-    """A reward model on a label file (lmpref's best-of-K, OpenAI's or pairwise; text or token ids),
-    cut to the task's lengths (a query keeps its end, a response its start). Normalised on the
-    reference model's samples (`samples_path`: sampling JSONL, with token ids or text only) or, with
-    none, on the labels' own responses. Held out: `test_labels_path` when given, else the share
-    `reward.holdout_fraction` split by prompt; the accuracy comes with its 95% Wilson interval."""
-    from lmpref.core.reward import (
-        by_prompt,
-        norm_pairs_from_labels,
-        norm_pairs_from_records,
-        read_labels,
-        train_reward,
-        truncate_labels,
-    )
+    """A reward model on best-of-K labels from any preference data `lmpref.formats.preferences`
+    reads (or OpenAI's token-id files), cut to the config's lengths (the end of a query, the start of
+    a response). Held out: `test_labels_path`, else a split by prompt (`doc_id`) that is saved beside
+    `out` (OUT_heldout_labels.jsonl). Normalised on `samples_path` (token ids or text) or, without
+    one, on the labels' own responses. Reports held-out accuracy with its 95% Wilson interval, the
+    untrained model's and a longer-response-wins baseline's."""
+    from dataclasses import replace
+
+    from lmpref.core.reward import accuracy, norm_pairs_from_records, split_labels, train_reward, truncate_labels
     from lmpref.eval.winrate import wilson_interval
-    from lmpref.records import SampleRecord
 
     device = setup(cfg)
     trunk = cfg.model.reward_model or cfg.model.name
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
-    lengths = (cfg.task.query_length, cfg.task.response_length)
-    labels = by_prompt(truncate_labels(read_labels(labels_path, tok), *lengths))
-    heldout = truncate_labels(read_labels(test_labels_path, tok), *lengths) if test_labels_path else None
-    if samples_path is None:
-        norm_pairs = norm_pairs_from_labels(labels, cfg.reward.norm_samples, cfg.seed)
+    labels, records = _read_any_labels(labels_path, tok, out.with_name(out.name + "_labels.jsonl"), columns, split)
+    test = None
+    if test_labels_path is not None:
+        test, test_records = _read_any_labels(
+            test_labels_path, tok, out.with_name(out.name + "_test_labels.jsonl"), columns, split
+        )
+        train, heldout, kept = labels, test, test_records
     else:
+        train, heldout = split_labels(labels, cfg.reward.holdout_fraction, cfg.seed)
+        index = {id(c): i for i, c in enumerate(labels)}
+        kept = [records[index[id(c)]] for c in heldout] if records is not None else None
+        write_jsonl(
+            out.with_name(out.name + "_heldout_labels.jsonl"),
+            kept if kept is not None else [_ids_record(c, i) for i, c in enumerate(heldout)],
+        )
+    longer = longer_wins(heldout)
+    q_len, r_len = cfg.task.query_length, cfg.task.response_length
+    labels = truncate_labels(labels, q_len, r_len)
+    heldout_cut = truncate_labels(heldout, q_len, r_len)
+    if samples_path is not None:
         rows = list(read_jsonl(samples_path))
         require_records(samples_path, rows, "samples")
-        records = []
-        for lineno, raw in rows:
-            require_keys(samples_path, lineno, raw, ("query", "responses"), "sampling")
-            rec = SampleRecord.from_json(raw, where=f"{samples_path}:{lineno}")
-            if rec.query_ids is None or rec.response_ids is None or None in rec.response_ids:  # text only
-                encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
-                rec = dataclasses.replace(
-                    rec, query_ids=encode(rec.query), response_ids=[encode(r) for r in rec.responses]
-                )
-            query_ids = rec.query_ids[-lengths[0] :]
-            records.append({"query_ids": query_ids, "response_ids": [r[: lengths[1]] for r in rec.response_ids]})
-        norm_pairs = norm_pairs_from_records(records, cfg.reward.norm_samples, cfg.seed)
+        norm_records = [_sample_ids(samples_path, lineno, rec, tok, q_len, r_len) for lineno, rec in rows]
+        norm_pairs = norm_pairs_from_records(norm_records, cfg.reward.norm_samples, cfg.seed)
+    else:  # the labels' own responses (every response the reward model will be asked about)
+        norm_pairs = [(c.query_ids, r) for c in labels for r in c.response_ids]
+        random.Random(f"norm-{cfg.seed}").shuffle(norm_pairs)
+        norm_pairs = norm_pairs[: cfg.reward.norm_samples]
     rm = new_reward_model(cfg, trunk, tok, device)
+    reward_cfg = cfg.reward
+    if test is not None:  # train on every label; the test file is the held-out set
+        reward_cfg = replace(cfg.reward, holdout_fraction=0.0)
+        before = accuracy(rm, heldout_cut, tok.pad_token_id)
     metrics = train_reward(
-        rm,
-        labels,
-        norm_pairs,
-        cfg.reward,
-        pad_id=tok.pad_token_id,
-        seed=cfg.seed,
-        log=_fresh_log(log_path),
-        heldout=heldout,
+        rm, labels, norm_pairs, reward_cfg, pad_id=tok.pad_token_id, seed=cfg.seed, log=_fresh_log(log_path)
     )
-    hits = round(metrics["accuracy_after"] * metrics["n_heldout"]) if metrics["n_heldout"] else 0
+    if test is not None:
+        metrics.update(
+            n_heldout=len(heldout_cut),
+            accuracy_before=before,
+            accuracy_after=accuracy(rm, heldout_cut, tok.pad_token_id),
+            chance=sum(1 / len(c.response_ids) for c in heldout_cut) / max(len(heldout_cut), 1),
+        )
+    n = metrics["n_heldout"]
+    hits = round(metrics["accuracy_after"] * n) if n else 0
+    train_docs = {c.doc_id for c in train if c.doc_id is not None}
     metrics.update(
         {
-            "accuracy_after_ci": list(wilson_interval(hits, metrics["n_heldout"])) if metrics["n_heldout"] else None,
-            "test_labels": str(test_labels_path) if test_labels_path else None,
-            "normalised_on": str(samples_path) if samples_path else "the labels' own responses",
+            "accuracy_after_ci": list(wilson_interval(hits, n)) if n else [float("nan"), float("nan")],
+            "accuracy_longer_wins": longer,
+            "n_heldout_prompts": len({c.doc_id if c.doc_id is not None else f"#{i}" for i, c in enumerate(heldout)}),
+            "n_heldout_prompts_also_trained": len({c.doc_id for c in heldout if c.doc_id in train_docs}),
             "labels": str(labels_path),
+            "test_labels": None if test_labels_path is None else str(test_labels_path),
+            "heldout_labels": None if test is not None else str(out.with_name(out.name + "_heldout_labels.jsonl")),
             "trunk": trunk,
             "seed": cfg.seed,
-            "holdout_fraction": cfg.reward.holdout_fraction,
+            "query_length": q_len,
+            "response_length": r_len,
+            "holdout_fraction": reward_cfg.holdout_fraction,
             "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
         }
     )
-    rm.save(out, extra=metrics, tokenizer=tok)
+    rm.save(out, extra=metrics, tokenizer=tok, card=reward_card(metrics))
     return metrics
+
+
+def _read_any_labels(path: Path, tok, converted: Path, columns, split: str):
+    """(choices, label records parallel to them or None). lmpref's own label JSONL and OpenAI's
+    token-id files go to the reward model's reader as they are; anything else is converted by
+    `lmpref.formats.preferences` and written to `converted` (the exact labels trained on)."""
+    from lmpref.core.reward import read_labels
+    from lmpref.formats.preferences import native_label_rows, read_preferences
+
+    rows = native_label_rows(path)
+    if rows is not None:
+        texts = "sample0" not in rows[0]  # OpenAI's files hold token ids only
+        return read_labels(path, tok), [r for r in rows if not r.get("tie")] if texts else None
+    records = read_preferences(path, columns, split=split)
+    write_jsonl(converted, [r.to_json() for r in records])
+    return read_labels(converted, tok), [r.to_json() for r in records if not r.tie]
+
+
+def _ids_record(c, i: int) -> dict:
+    return {"id": f"heldout-{i}", "query_ids": c.query_ids, "response_ids": c.response_ids, "best": c.best} | (
+        {"doc_id": c.doc_id} if c.doc_id is not None else {}
+    )
+
+
+def _sample_ids(path: Path, lineno: int, rec: dict, tok, q_len: int, r_len: int) -> dict:
+    """A samples record as token ids (tokenising its text where it has none), cut like the labels."""
+    if rec.get("query_ids") is None:
+        require_keys(path, lineno, rec, ("query",), "sampling")
+        rec = {**rec, "query_ids": tok.encode(rec["query"], add_special_tokens=False)}
+    if rec.get("response_ids") is None:
+        require_keys(path, lineno, rec, ("responses",), "sampling")
+        rec = {**rec, "response_ids": [tok.encode(r, add_special_tokens=False) for r in rec["responses"]]}
+    q = rec["query_ids"][-q_len:] if q_len > 0 else rec["query_ids"]
+    return {"query_ids": q, "response_ids": [r[:r_len] if r_len > 0 else r for r in rec["response_ids"]]}
+
+
+def longer_wins(labels) -> float:
+    """Held-out accuracy of "the longest response (in tokens) is best"; a tie in length counts as a
+    guess among the longest."""
+    if not labels:
+        return float("nan")
+    score = 0.0
+    for c in labels:
+        lengths = [len(r) for r in c.response_ids]
+        longest = [i for i, n in enumerate(lengths) if n == max(lengths)]
+        score += (c.best in longest) / len(longest)
+    return score / len(labels)
+
+
+def _config_dict(cfg: RunConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
 def _fresh_log(log_path: Path | None) -> MetricsLog | None:
@@ -189,6 +256,8 @@ def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
         policy.save(tmp)
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "sft_metrics.json", json.dumps(metrics, indent=2))
+        card = policy_card(_config_dict(cfg), metrics, algorithm="supervised fine-tuning on the task's references")
+        atomic_write_text(tmp / "README.md", card)
     return metrics
 
 
@@ -249,7 +318,7 @@ def step_train_reward_human(
             "fingerprint": fingerprint(rm, norm_pairs, tok.pad_token_id),
         }
     )
-    rm.save(out, extra=metrics, tokenizer=tok)
+    rm.save(out, extra=metrics, tokenizer=tok, card=reward_card(metrics))
     return metrics
 
 
@@ -393,6 +462,7 @@ def step_train_policy(
         with atomic_dir(run_dir / "policy") as tmp:
             PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
+            atomic_write_text(tmp / "README.md", policy_card(_config_dict(cfg), state, reward_model=str(reward_path)))
     return state
 
 
