@@ -293,6 +293,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
+    def policy_updates(self) -> int:
+        """Updates of the policy-gradient trainer over the run: PPO's, or RLOO's with `algo = rloo`."""
+        t = self.rloo if self.algo == "rloo" else self.ppo
+        return t.total_episodes // t.batch_size
+
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.preset}-{self.scale}-seed{self.seed}")
 

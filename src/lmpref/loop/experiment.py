@@ -10,10 +10,11 @@ which labels a retrain waits for:
            the samples as batch round-r
         2. wait until the batches this retrain needs are labeled (`Experiment.batches_needed`)
         3. train a reward model from the base LM on every label so far; guard: it must beat chance
-        4. PPO from the latest checkpoint to the end of this round's segment, checking the KL guard
-           and the Andon cord between updates; online: after every `experiment.enqueue_every`-th
-           update, sample the current policy and enqueue its share of round r+1's comparisons as
-           batch round-(r+1)-uUUUUUU, so labelers always have the current policy's samples
+        4. PPO (RLOO with `algo = rloo`) from the latest checkpoint to the end of this round's
+           segment, checking the KL guard and the Andon cord between updates; online: after every
+           `experiment.enqueue_every`-th update, sample the current policy and enqueue its share of
+           round r+1's comparisons as batch round-(r+1)-uUUUUUU, so labelers always have the
+           current policy's samples
 
 offline = 1 round. batched = a few large rounds; PPO idles while people label. online = many
 rounds (the paper retrained ~20 times), labels front-loaded by `experiment.schedule_power`, and
@@ -376,7 +377,7 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
         if reason := ex.andon():
             return reason
         enqueue_online(ex, r, start, *plan[start])
-    final = end == ex.cfg.ppo.total_episodes // ex.cfg.ppo.batch_size
+    final = end == ex.cfg.policy_updates()
     if start >= end and not (final and not (ex.run_dir / "policy" / "config.json").exists()):
         return None  # (the last segment also writes policy/: a kill may have come just before that)
     ex.publish("ppo", f"round {r}: PPO updates {start + 1}-{end}")
@@ -417,6 +418,11 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
 
 def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> dict:
     """Run (or resume) an experiment; returns {"stopped": reason} when halted, else the evaluation."""
+    if cfg.algo == "dpo":
+        raise ConfigError(
+            "experiment --algo dpo is not supported yet (iterative DPO per round): use --algo ppo or rloo here, or "
+            "`lmpref run --algo dpo`, or `lmpref train-policy --algo dpo --labels FILE` on exported labels"
+        )
     e = cfg.experiment
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -427,11 +433,15 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
     if state["mode"] != e.mode:
         raise ConfigError(f"{run_dir} holds a {state['mode']} experiment; resume it with --mode {state['mode']}")
     # Crash safety: a checkpoint after every update, so a killed run repeats at most one update.
-    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, checkpoint_every=1))
+    cfg = dataclasses.replace(
+        cfg,
+        ppo=dataclasses.replace(cfg.ppo, checkpoint_every=1),
+        rloo=dataclasses.replace(cfg.rloo, checkpoint_every=1),
+    )
     save_config(cfg, run_dir / "config.json")
     n_rounds = e.num_rounds()
     targets = label_schedule(e.labels or cfg.sample.num_queries, n_rounds, e.schedule_power)
-    ends = segment_ends(cfg.ppo.total_episodes // cfg.ppo.batch_size, n_rounds)
+    ends = segment_ends(cfg.policy_updates(), n_rounds)
     ex = Experiment(cfg, run_dir, store.open_store(db), e.store_run or run_dir.resolve().name, state, targets, ends)
     with store.transaction(ex.sessions) as session:
         store.ensure_run(session, name=ex.run)
