@@ -420,43 +420,26 @@ def step_train_policy(
     log = (
         _then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row) if accelerator.is_main_process else None
     )
-    if rloo:
-        state = train_rloo(
-            policy,
-            ref,
-            rm,
-            tok,
-            lambda update, n: source.sample(n, f"rloo-{cfg.seed}-{update}"),
-            cfg.rloo,
-            cfg.task,
-            seed=cfg.seed,
-            device=device,
-            state=state,
-            optimizer=optimizer,
-            log=log,
-            checkpoint=checkpoint_fn(run_dir, policy, tok, True),
-            should_stop=stop_or_guard,
-            forward_batch=cfg.sample.batch_size,
-        )
-    else:
-        state = train_policy(
-            policy,
-            ref,
-            rm,
-            tok,
-            lambda update, n: source.sample(n, f"ppo-{cfg.seed}-{update}"),
-            cfg.ppo,
-            cfg.task,
-            seed=cfg.seed,
-            device=device,
-            state=state,
-            optimizer=optimizer,
-            log=log,
-            checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
-            should_stop=stop_or_guard,
-            forward_batch=cfg.sample.batch_size,
-            accelerator=accelerator,
-        )
+    # RLOO and PPO are peers with one signature; only PPO runs on several processes (checked above).
+    trainer, algo_cfg, tag = (train_rloo, cfg.rloo, "rloo") if rloo else (train_policy, cfg.ppo, "ppo")
+    state = trainer(
+        policy,
+        ref,
+        rm,
+        tok,
+        lambda update, n: source.sample(n, f"{tag}-{cfg.seed}-{update}"),
+        algo_cfg,
+        cfg.task,
+        seed=cfg.seed,
+        device=device,
+        state=state,
+        optimizer=optimizer,
+        log=log,
+        checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
+        should_stop=stop_or_guard,
+        forward_batch=cfg.sample.batch_size,
+        **({} if rloo else {"accelerator": accelerator}),
+    )
     weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
     if weights is not None and accelerator.is_main_process:
         with atomic_dir(run_dir / "policy") as tmp:
