@@ -340,6 +340,20 @@ def check_reward_model(cfg: RunConfig, reward_path: Path) -> tuple[dict, str | N
     return saved_reward_guard(reward_path, cfg.experiment.reward_guard_margin, cfg.reward.holdout_fraction, cfg.seed)
 
 
+def _start_policy(cfg: RunConfig, ckpt: Path | None, device) -> PolicyWithValue:
+    """The policy to train: the checkpoint's when resuming, else the base model's, with only its top
+    `model.trainable_layers` blocks trainable."""
+    policy = (
+        PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
+        if ckpt
+        else PolicyWithValue(
+            load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
+        )
+    ).to(device)
+    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    return policy
+
+
 def step_train_policy(
     cfg: RunConfig,
     reward_path: Path,
@@ -390,14 +404,7 @@ def step_train_policy(
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     elif (run_dir / "metrics.jsonl").exists():
         rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
-    policy = (
-        PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
-        if ckpt
-        else PolicyWithValue(
-            load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
-        )
-    ).to(device)
-    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    policy = _start_policy(cfg, ckpt, device)
     ref = load_reference(cfg, device)
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
     rm.requires_grad_(False)
@@ -501,14 +508,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     ref = load_reference(cfg, device)
     ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir)
     position = {id(c): i for i, c in enumerate(labels)}
-    policy = (
-        PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
-        if ckpt
-        else PolicyWithValue(
-            load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
-        )
-    ).to(device)
-    freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
+    policy = _start_policy(cfg, ckpt, device)
     policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr)
     state = None
