@@ -134,6 +134,66 @@ def test_dpo_raises_heldout_implicit_reward_accuracy_and_moves_every_trained_par
     assert not [n for n in unchanged if "wpe" not in n], unchanged  # positions past the 10th are never used
 
 
+def test_shared_trunk_cache_gives_the_full_forwards_logprobs_and_the_same_training():
+    """Only the top block trains: the cached output of the frozen lower blocks (computed once) gives the
+    same log-probs as the whole model, and a DPO run on it the same weights as one without it."""
+    from lmpref.core.dpo import TrunkCache, reference_logprobs
+    from lmpref.core.loading import load_causal_lm
+    from lmpref.core.models import PolicyWithValue, freeze_lower_layers
+    from lmpref.core.trunk import shared_depth
+
+    torch.manual_seed(0)
+    labels = _synthetic_labels(24, 1)
+    for c in labels[::3]:  # queries and responses of several lengths: the padding differs per batch
+        c.query_ids.extend([7, 8, 9])
+        c.response_ids[0] = c.response_ids[0][:2]
+    train, heldout = split_labels(labels, 0.25, 0)
+    cfg = make_config("test", "tiny", {"dpo.lr": 1e-3, "dpo.epochs": 1, "dpo.batch_size": 4, "dpo.beta": 0.5})
+    base = PolicyWithValue(load_causal_lm("tiny-gpt2"))
+    runs = []
+    for cached in (False, True):
+        policy = PolicyWithValue(load_causal_lm("tiny-gpt2"))
+        policy.load_state_dict(base.state_dict())
+        freeze_lower_layers(policy.lm, 1)
+        policy.value_head.requires_grad_(False)
+        ref = PolicyWithValue(load_causal_lm("tiny-gpt2")).eval().requires_grad_(False)
+        ref.load_state_dict(base.state_dict())
+        depth = shared_depth(policy.lm, ref.lm)
+        assert depth == policy.lm.config.num_hidden_layers - 1 >= 1
+        trunk = None
+        if cached:
+            trunk = TrunkCache(depth)
+            pairs, _ = flat_pairs(labels)
+            trunk.fill(ref.lm, pairs, pad_id=0, batch_size=5)
+            assert len(trunk.rows) == len({(tuple(q), tuple(r)) for q, r in pairs})
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    sequence_logprobs(policy, pairs[:9], 0, 0.7, trunk),
+                    sequence_logprobs(policy, pairs[:9], 0, 0.7),
+                    rtol=1e-5,
+                    atol=1e-5,
+                )
+        state = train_dpo(
+            policy,
+            train,
+            reference_logprobs(ref, train, 0, 0.7, trunk=trunk),
+            heldout,
+            reference_logprobs(ref, heldout, 0, 0.7, trunk=trunk),
+            cfg.dpo,
+            pad_id=0,
+            temperature=0.7,
+            seed=0,
+            trunk=trunk,
+        )
+        runs.append((state, {n: p.detach().clone() for n, p in policy.named_parameters()}))
+    (plain, w_plain), (fast, w_fast) = runs
+    assert fast["heldout_accuracy"] == pytest.approx(plain["heldout_accuracy"])
+    moved = [n for n in w_plain if not torch.equal(w_plain[n], base.state_dict()[n])]
+    assert moved  # the comparison below compares trained weights
+    for n in w_plain:
+        torch.testing.assert_close(w_fast[n], w_plain[n], rtol=1e-3, atol=1e-4)  # Adam: 5 steps of 1e-3 at most
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 

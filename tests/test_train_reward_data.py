@@ -123,3 +123,39 @@ def test_policy_card_names_the_start_the_reward_model_and_the_figures():
     )
     assert "base_model: smollm2-135m" in card and "reward model: `runs/x/reward_model`" in card
     assert "| update | 6 |" in card and "| mean_reward | 0.25 |" in card and "PPO" in card
+
+
+def test_noise_free_labeler_accuracy_is_the_ceiling_on_literal_labels():
+    from lmpref.eval.labelers import noise_free_accuracy
+
+    good, bad, flat = " What a wonderful, happy day.", " A horrible, sad and awful day.", " The door is brown."
+    rows = [
+        {"query": "Q.", "responses": [bad, good], "best": 1, "labeler": "sentiment@T0.05"},  # the labeler's pick
+        {"query": "Q.", "responses": [good, bad, flat], "best": 2, "labeler": "sentiment@T0.05"},  # noise: a miss
+        {"query": "Q.", "responses": [flat, " The wall is brown."], "best": 0, "labeler": "sentiment@T0.05"},  # tie
+    ]
+    assert noise_free_accuracy(rows) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert noise_free_accuracy([{**rows[0], "labeler": "alice"}]) is None  # people's labels: no ceiling
+    assert noise_free_accuracy([]) is None
+
+
+def test_train_reward_reports_the_labelers_ceiling_on_its_own_labels(tmp_path, capsys):
+    rows = [
+        {
+            "id": f"l{i}",
+            "query": f"Passage {i}.",
+            "responses": [" It was a lovely, happy evening.", " It was a dreadful, miserable evening."],
+            "best": 0 if i % 4 else 1,  # one in four flipped, as noise would
+            "labeler": "sentiment@T0.05",
+        }
+        for i in range(16)
+    ]
+    write_jsonl(tmp_path / "labels.jsonl", rows)
+    out = tmp_path / "rm"
+    assert main(["train-reward", *TINY, "--labels", str(tmp_path / "labels.jsonl"), "--out", str(out)]) == 0
+    m = _metrics(out)
+    held = [r for _, r in read_jsonl(tmp_path / "rm_heldout_labels.jsonl")]
+    assert m["accuracy_labeler_noise_free"] == pytest.approx(sum(r["best"] == 0 for r in held) / len(held))
+    printed = capsys.readouterr().out
+    assert f"the labeler without its noise (the ceiling): {m['accuracy_labeler_noise_free']:.1%}" in printed
+    assert "| the labeler without its noise (ceiling) |" in (out / "README.md").read_text()

@@ -190,6 +190,8 @@ class DPOConfig:
     """Gradient-norm clip; 0 = off."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every N optimizer steps (and at the end)."""
+    trunk_cache_mb: int = 4096
+    """Keep the output of the shared frozen lower blocks for every labeled pair in memory (fp32, up to this many MB) so each step runs only the trained blocks; 0 = off (the whole model every step)."""
 
 
 @dataclass

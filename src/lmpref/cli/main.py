@@ -120,6 +120,11 @@ def cmd_train_reward(args) -> int:
         f"held-out accuracy: {m['accuracy_before']:.1%} untrained -> {m['accuracy_after']:.1%} trained "
         f"(95% CI {lo:.1%}-{hi:.1%}, n={m['n_heldout']} labels of {m['n_heldout_prompts']} prompts, {where}); "
         f"longer response wins: {m['accuracy_longer_wins']:.1%}"
+        + (
+            f"; the labeler without its noise (the ceiling): {m['accuracy_labeler_noise_free']:.1%}"
+            if m.get("accuracy_labeler_noise_free") is not None
+            else ""
+        )
     )
     if m["n_heldout_prompts_also_trained"]:
         print(f"note: {m['n_heldout_prompts_also_trained']} held-out prompts are also in the training labels")

@@ -134,6 +134,26 @@ def label_records(records: list[dict], labeler: ProgramLabeler, *, temperature: 
     return labels
 
 
+def noise_free_accuracy(records: list[dict]) -> float | None:
+    """How often the programmatic labeler named in each label record (`labeler`, e.g.
+    "sentiment@T0.05"), read without its noise, picks the record's `best`: the most a reward model
+    can reach on these labels (a tie at the top counts as a guess among the tied). None when a record
+    has no known programmatic labeler (people's labels) or no texts."""
+    if not records:
+        return None
+    made: dict[str, ProgramLabeler] = {}
+    hits = 0.0
+    for rec in records:
+        name = str(rec.get("labeler") or "").split("@")[0]
+        if name not in LABELERS or not rec.get("responses") or rec.get("query") is None:
+            return None
+        labeler = made.setdefault(name, LABELERS[name]())
+        scores = [labeler.score(rec["query"], r, reference=rec.get("reference")) for r in rec["responses"]]
+        top = [i for i, v in enumerate(scores) if v == max(scores)]
+        hits += (rec["best"] in top) / len(top)
+    return hits / len(records)
+
+
 # ---------------------------------------------------------------- summarization labelers
 
 

@@ -34,6 +34,8 @@ def reward_card(metrics: dict[str, Any]) -> str:
     ]
     if "accuracy_longer_wins" in metrics:
         rows.append(("longer response wins", _pct(metrics["accuracy_longer_wins"])))
+    if metrics.get("accuracy_labeler_noise_free") is not None:
+        rows.append(("the labeler without its noise (ceiling)", _pct(metrics["accuracy_labeler_noise_free"])))
     rows.append(("chance", _pct(metrics.get("chance"))))
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     settings = {k: metrics[k] for k in ("pooling", "query_length", "response_length", "seed") if k in metrics}

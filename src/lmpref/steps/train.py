@@ -89,10 +89,12 @@ def step_train_reward(
     a response). Held out: `test_labels_path`, else a split by prompt (`doc_id`) that is saved beside
     `out` (OUT_heldout_labels.jsonl). Normalised on `samples_path` (token ids or text) or, without
     one, on the labels' own responses. Reports held-out accuracy with its 95% Wilson interval, the
-    untrained model's and a longer-response-wins baseline's."""
+    untrained model's, a longer-response-wins baseline's and, for a programmatic labeler's labels, the
+    labeler's own without its noise (the ceiling)."""
     from dataclasses import replace
 
     from lmpref.core.reward import accuracy, norm_pairs_from_records, split_labels, train_reward, truncate_labels
+    from lmpref.eval.labelers import noise_free_accuracy
     from lmpref.eval.winrate import wilson_interval
 
     device = setup(cfg)
@@ -114,6 +116,7 @@ def step_train_reward(
             kept if kept is not None else [_ids_record(c, i) for i, c in enumerate(heldout)],
         )
     longer = longer_wins(heldout)
+    ceiling = noise_free_accuracy(kept) if kept else None
     q_len, r_len = cfg.task.query_length, cfg.task.response_length
     labels = truncate_labels(labels, q_len, r_len)
     heldout_cut = truncate_labels(heldout, q_len, r_len)
@@ -148,6 +151,7 @@ def step_train_reward(
         {
             "accuracy_after_ci": list(wilson_interval(hits, n)) if n else [float("nan"), float("nan")],
             "accuracy_longer_wins": longer,
+            "accuracy_labeler_noise_free": ceiling,
             "n_heldout_prompts": len({c.doc_id if c.doc_id is not None else f"#{i}" for i, c in enumerate(heldout)}),
             "n_heldout_prompts_also_trained": len({c.doc_id for c in heldout if c.doc_id in train_docs}),
             "labels": str(labels_path),
@@ -462,7 +466,7 @@ def _labels_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def cached_reference_logprobs(cfg: RunConfig, ref, labels, labels_path: Path, tok, run_dir: Path) -> list:
+def cached_reference_logprobs(cfg: RunConfig, ref, labels, labels_path: Path, tok, run_dir: Path, trunk=None) -> list:
     """log ρ(y|x) of every labeled response, computed once and kept in run_dir/dpo_ref_logprobs.json
     (reused on --resume while the labels file, the reference model and the temperature are the same)."""
     from lmpref.core.dpo import reference_logprobs
@@ -476,9 +480,31 @@ def cached_reference_logprobs(cfg: RunConfig, ref, labels, labels_path: Path, to
             saved = {}
         if saved.get("key") == key and len(saved.get("logprobs", [])) == len(labels):
             return saved["logprobs"]
-    lp = reference_logprobs(ref, labels, tok.pad_token_id, cfg.task.temperature, cfg.sample.batch_size)
+    lp = reference_logprobs(ref, labels, tok.pad_token_id, cfg.task.temperature, cfg.sample.batch_size, trunk)
     atomic_write_text(path, json.dumps({"key": key, "logprobs": lp}))
     return lp
+
+
+def _dpo_trunk(cfg: RunConfig, policy, ref, labels, pad_id: int):
+    """The shared frozen trunk's output for every labeled pair (`lmpref.core.dpo.TrunkCache`), when
+    the policy and ρ share lower blocks and it fits in `dpo.trunk_cache_mb`; else None."""
+    from lmpref.core.dpo import TrunkCache, flat_pairs
+    from lmpref.core.trunk import shared_depth
+
+    depth = shared_depth(policy.lm, ref.lm) if cfg.dpo.trunk_cache_mb > 0 else 0
+    if depth == 0:
+        return None
+    pairs, _ = flat_pairs(labels)
+    need = TrunkCache.nbytes(pairs, policy.lm.config.hidden_size) / 2**20
+    if need > cfg.dpo.trunk_cache_mb:
+        print(
+            f"[lmpref] the shared trunk's output for {len(pairs)} responses needs {need:.0f} MB > dpo.trunk_cache_mb="
+            f"{cfg.dpo.trunk_cache_mb}: every DPO step runs the whole model (raise dpo.trunk_cache_mb to cache it)"
+        )
+        return None
+    trunk = TrunkCache(depth)
+    trunk.fill(ref.lm, pairs, pad_id, cfg.sample.batch_size)
+    return trunk
 
 
 def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None) -> dict:
@@ -506,10 +532,11 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     ref = load_reference(cfg, device)
-    ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir)
-    position = {id(c): i for i, c in enumerate(labels)}
     policy = _start_policy(cfg, ckpt, device)
     policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
+    trunk = _dpo_trunk(cfg, policy, ref, labels, tok.pad_token_id)
+    ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir, trunk)
+    position = {id(c): i for i, c in enumerate(labels)}
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr)
     state = None
     if ckpt:
@@ -537,6 +564,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
         log=log,
         checkpoint=checkpoint_fn(run_dir, policy, tok, True),
         should_stop=should_stop,
+        trunk=trunk,
     )
     if not state.get("stopped"):
         with atomic_dir(run_dir / "policy") as tmp:
@@ -589,6 +617,10 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
             f"      held-out accuracy of the saved reward model {seen['accuracy']:.1%} (chance {seen['chance']:.1%}, "
             f"n={seen['n_heldout']})"
         )
+        saved = json.loads((rm_dir / "lmpref_reward.json").read_text(encoding="utf-8"))
+        if saved.get("accuracy_labeler_noise_free") is not None:
+            ceiling = saved["accuracy_labeler_noise_free"]
+            print(f"      the labeler without its noise picks the label {ceiling:.1%} (the ceiling)")
     if reason:
         return {"stopped": reason}
     if not (run_dir / "policy" / "config.json").exists():
