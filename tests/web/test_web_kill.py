@@ -53,7 +53,7 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path):
                     acked.append(r.json()["id"])
 
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout=120)  # `lmpref serve` starts slowly on a busy machine
         with concurrent.futures.ThreadPoolExecutor(len(tokens)) as pool:
             futures = [pool.submit(labeler, t) for t in tokens]
             deadline = time.time() + 60
