@@ -16,10 +16,13 @@ from lmpref.web import Settings, create_app
 from web_store_fixtures import fresh_database, postgres_server, sqlite_url
 
 # Statements (BEGIN IMMEDIATE included: SQLite's transactions start with one) per request.
+# The API's two requests run in SQLAlchemy Core (`store.hot`, issue 16): before it, 6 / 4 / 6 on
+# SQLite and 6 / 4 / 5 on PostgreSQL. A label that fills its task adds one on SQLite (the
+# `tasks.complete` update, which PostgreSQL runs on every label); these labels do not.
 LIMITS = {
-    "sqlite": {"next_new": 6, "next_open": 4, "label": 6, "compare_page": 11, "answer_page": 6},
-    # No BEGIN statement, but the labeler row lock (and the label's assignment lock is the same query).
-    "postgresql": {"next_new": 6, "next_open": 4, "label": 5, "compare_page": 11, "answer_page": 5},
+    "sqlite": {"next_new": 4, "next_open": 3, "label": 4, "compare_page": 11, "answer_page": 6},
+    # No BEGIN statement, but the labeler row lock, and the free task's lock apart from its load.
+    "postgresql": {"next_new": 5, "next_open": 3, "label": 4, "compare_page": 11, "answer_page": 5},
 }
 
 

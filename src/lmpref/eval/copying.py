@@ -13,6 +13,7 @@ Grusky et al. 2018, Newsroom, section 4.1, without their greedy choice of fragme
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -44,13 +45,22 @@ class Copying:
         return self.copied_words / self.words if self.words else 0.0
 
 
-def copied_spans(sample: str, context: str, *, min_words: int = MIN_COPIED_WORDS) -> Copying:
-    if min_words < 1:
-        raise ValueError(f"min_words must be >= 1, got {min_words}")
-    sw, cw = [(s, e, w) for w, s, e in token_spans(sample)], [(s, e, w) for w, s, e in token_spans(context)]
+@functools.lru_cache(maxsize=64)
+def _context_index(context: str) -> tuple[list[tuple[int, int, str]], dict[str, list[int]]]:
+    """The context's words (start, end, word) and where each word occurs, kept for the last few
+    contexts: the K samples of a task are all compared with one context (read-only results)."""
+    cw = [(s, e, w) for w, s, e in token_spans(context)]
     where = defaultdict(list)  # context word -> its positions
     for j, (_, _, w) in enumerate(cw):
         where[w].append(j)
+    return cw, dict(where)
+
+
+def copied_spans(sample: str, context: str, *, min_words: int = MIN_COPIED_WORDS) -> Copying:
+    if min_words < 1:
+        raise ValueError(f"min_words must be >= 1, got {min_words}")
+    sw = [(s, e, w) for w, s, e in token_spans(sample)]
+    cw, where = _context_index(context)
     # longest[i] = (L, j): the longest common run *starting* at sample word i has length L and
     # starts at context word j (earliest j on ties). run[j] for row i is built from row i + 1.
     longest = [(0, -1)] * len(sw)

@@ -6,6 +6,7 @@ alembic migrations shipped in this package, so `lmpref serve` on a new file just
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from typing import Any
@@ -82,12 +83,48 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+class FairLock:
+    """A lock that its waiters get in the order they asked (FIFO), handed from holder to next.
+
+    `threading.Lock` wakes an arbitrary waiter, and a thread that has just released it often
+    takes it again before the woken one runs: with 32 requests queued on the SQLite writer lock
+    some waited seconds while others went through (p99 3 s at a median of 0.36 s, issue 16)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder that hands the lock over; `_held` stays True
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _ProcessesLock:
     """A lock for the threads of this process and, through flock(2) on a file beside the
     database, for the other processes that open the store this way (`lmpref serve --workers`)."""
 
     def __init__(self, path: str) -> None:
-        self._threads = threading.Lock()
+        self._threads = FairLock()
         self._path = path
         self._fd: int | None = None
         self._pid = -1
@@ -123,9 +160,9 @@ def open_store(url: str | None = None, *, migrate: bool = True, processes: int =
     info: dict[str, Any] = {}
     if engine.dialect.name == "sqlite":
         # SQLite has one writer. Threads of this process queue on this lock, which wakes the
-        # next one at once; left to SQLite's busy handler they would poll with sleeps of up
-        # to 100 ms, and under load p99 latency went from tens of ms to seconds.
-        info["write_lock"] = threading.Lock()
+        # next one at once, in the order they came; left to SQLite's busy handler they would
+        # poll with sleeps of up to 100 ms, and under load p99 latency went from tens of ms to seconds.
+        info["write_lock"] = FairLock()
         database = engine.url.database
         if processes > 1 and fcntl is not None and database and database != ":memory:":
             info["write_lock"] = _ProcessesLock(database + ".lock")

@@ -172,6 +172,21 @@ def next_task(
     return None
 
 
+def gold_draw(labeler_id: int, n_seen: int, gold_rate: float) -> random.Random | None:
+    """Whether the labeler's next task (they were served `n_seen` of the run) is a gold one: the
+    generator that picks it if so, else None. Seeded by (labeler, count) so the mix is
+    reproducible yet not guessable from the page."""
+    rng = random.Random(f"gold:{labeler_id}:{n_seen}")
+    return rng if rng.random() < gold_rate else None
+
+
+def shuffled_order(task_id: int, labeler_id: int, k: int) -> list[int]:
+    """`Assignment.order` of a task with `k` slots for one labeler (order[position] = slot)."""
+    order = list(range(k))
+    random.Random(f"order:{task_id}:{labeler_id}").shuffle(order)
+    return order
+
+
 def _assign(
     session: Session, labeler: Labeler, task: Task, run_row: Run, *, gold_rate: float, now: dt.datetime
 ) -> Served:
@@ -181,16 +196,13 @@ def _assign(
             .join(Task)
             .where(Assignment.labeler_id == labeler.id, Task.run_id == run_row.id)
         )
-        # Seeded by (labeler, count) so the mix is reproducible yet not guessable from the page.
-        rng = random.Random(f"gold:{labeler.id}:{n_seen}")
-        if rng.random() < gold_rate:
+        rng = gold_draw(labeler.id, n_seen or 0, gold_rate)
+        if rng is not None:
             seen = exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
             gold_ids = list(session.scalars(select(Task.id).join(GoldTask).where(Task.run_id == run_row.id, ~seen)))
             if gold_ids:
                 task, run_row = _loaded(session, rng.choice(sorted(gold_ids)))
-    k = len(valid_samples(task.query))
-    order = list(range(k))
-    random.Random(f"order:{task.id}:{labeler.id}").shuffle(order)
+    order = shuffled_order(task.id, labeler.id, len(valid_samples(task.query)))
     assignment = Assignment(task_id=task.id, labeler_id=labeler.id, order=order, served_at=now, status="open")
     assignment.task = task
     session.add(assignment)
@@ -223,6 +235,52 @@ def _text(value: str | None, field: str) -> str | None:
     return value
 
 
+def check_answer(
+    *,
+    task_id: int,
+    status: str,
+    kind: str,
+    k: int,
+    best: int | None,
+    tie: bool,
+    ranking: list[int] | None,
+    critique: str | None,
+    correction: str | None,
+    flag: str | None,
+    rating: str | None,
+) -> tuple[str | None, str | None, str | None]:
+    """The checks of `save_label` on an answer to an assignment in `status` of a task of `kind`
+    with `k` samples (Conflict or Invalid); returns (flag, critique, correction) normalised
+    (blank is None). Shared with the Core path of the JSON API (`store.hot`)."""
+    if status == "done":
+        raise Conflict(f"task {task_id} is already labeled")
+    if status == "skipped":
+        raise Conflict(f"task {task_id} was skipped")
+    flag = _text(flag, "flag")
+    critique, correction = _text(critique, "critique"), _text(correction, "correction")
+    if kind == "accuracy":
+        if best is not None or tie or ranking is not None or correction is not None:
+            raise Invalid("an accuracy task takes a rating, not best, tie, ranking or correction")
+        if rating is None and flag is None:
+            raise Invalid(f"give a rating ({', '.join(RATINGS)}) or a flag reason")
+    elif rating is not None:
+        raise Invalid("a comparison task takes best or tie, not a rating")
+    if rating is not None and rating not in RATINGS:
+        raise Invalid(f"rating must be one of {', '.join(RATINGS)}")
+    if best is not None and tie:
+        raise Invalid("give either best or tie, not both")
+    if best is None and not tie and flag is None and rating is None:
+        raise Invalid("give best, tie or a flag reason")
+    if best is not None and not 0 <= best < k:
+        raise Invalid(f"best must be a position 0-{k - 1}")
+    if ranking is not None:
+        if sorted(ranking) != list(range(k)):
+            raise Invalid(f"ranking must list each position 0-{k - 1} once")
+        if best is None or ranking[0] != best:
+            raise Invalid("ranking must start with best")
+    return flag, critique, correction
+
+
 def save_label(
     session: Session,
     *,
@@ -245,33 +303,19 @@ def save_label(
     faster than `min_seconds` is kept but marked `too_fast` and left out of exports by default.
     """
     assignment = _assignment(session, labeler=labeler, task_id=task_id)
-    if assignment.status == "done":
-        raise Conflict(f"task {task_id} is already labeled")
-    if assignment.status == "skipped":
-        raise Conflict(f"task {task_id} was skipped")
-    k = len(assignment.order)
-    flag = _text(flag, "flag")
-    critique, correction = _text(critique, "critique"), _text(correction, "correction")
-    if assignment.task.kind == "accuracy":
-        if best is not None or tie or ranking is not None or correction is not None:
-            raise Invalid("an accuracy task takes a rating, not best, tie, ranking or correction")
-        if rating is None and flag is None:
-            raise Invalid(f"give a rating ({', '.join(RATINGS)}) or a flag reason")
-    elif rating is not None:
-        raise Invalid("a comparison task takes best or tie, not a rating")
-    if rating is not None and rating not in RATINGS:
-        raise Invalid(f"rating must be one of {', '.join(RATINGS)}")
-    if best is not None and tie:
-        raise Invalid("give either best or tie, not both")
-    if best is None and not tie and flag is None and rating is None:
-        raise Invalid("give best, tie or a flag reason")
-    if best is not None and not 0 <= best < k:
-        raise Invalid(f"best must be a position 0-{k - 1}")
-    if ranking is not None:
-        if sorted(ranking) != list(range(k)):
-            raise Invalid(f"ranking must list each position 0-{k - 1} once")
-        if best is None or ranking[0] != best:
-            raise Invalid("ranking must start with best")
+    flag, critique, correction = check_answer(
+        task_id=task_id,
+        status=assignment.status,
+        kind=assignment.task.kind,
+        k=len(assignment.order),
+        best=best,
+        tie=tie,
+        ranking=ranking,
+        critique=critique,
+        correction=correction,
+        flag=flag,
+        rating=rating,
+    )
     now = utcnow()
     seconds = (now - assignment.served_at).total_seconds()
     label = Label(

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lmpref import store
 from lmpref.records import PROGRAM_HEADER
-from lmpref.store import Label
+from lmpref.store import Label, hot
 from lmpref.web.schemas import (
     NO_NUL,
     AndonClear,
@@ -36,7 +36,7 @@ from lmpref.web.schemas import (
     SkipPublic,
     TaskPublic,
 )
-from lmpref.web.security import ApiAdmin, ApiLabeler, BearerToken, SessionDep, labeler_for
+from lmpref.web.security import ApiAdmin, ApiLabeler, BearerToken, SessionDep, unauthorized
 from lmpref.web.views import andon_public, label_public, progress_public, quality_public, task_public
 
 router = APIRouter(prefix="/api")
@@ -62,8 +62,9 @@ def me(labeler: ApiLabeler) -> LabelerPublic:
 
 # The two requests every labeler repeats run as one `async def` handler that does all its work
 # (authentication included) in a single worker thread and transaction, and returns the JSON
-# itself. A sync handler with sync dependencies crosses between the event loop and the thread
-# pool four or five times a request, which under load cost more CPU than the queries did.
+# itself; their store work is SQLAlchemy Core (`store.hot`), not the ORM. A sync handler with
+# sync dependencies crosses between the event loop and the thread pool four or five times a
+# request, which under load cost more CPU than the queries did.
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -81,8 +82,11 @@ async def next_task(token: BearerToken, request: Request, run: Filter = None) ->
     sessions, lease = request.app.state.sessions, request.app.state.settings.lease
 
     def work() -> Response:
-        with store.transaction(sessions) as session:
-            served = store.next_task(session, labeler=labeler_for(session, token), run=run, lease=lease)
+        try:
+            with hot.connection(sessions) as conn:
+                served = hot.next_task(conn, token=token, run=run, lease=lease)
+        except hot.BadToken:
+            raise unauthorized() from None
         # After the commit: the copied-span analysis does not hold the store's write lock.
         return Response(status_code=204) if served is None else _json(task_public(served))
 
@@ -99,12 +103,12 @@ async def label_task(task_id: Id, body: LabelCreate, token: BearerToken, request
     sessions = request.app.state.sessions
 
     def work() -> Response:
-        with store.transaction(sessions) as session:
-            labeler = labeler_for(session, token)
-            label = store.save_label(
-                session, labeler=labeler, task_id=task_id, min_seconds=min_seconds, **body.model_dump()
-            )
-            return _json(label_public(label), status_code=201)
+        try:
+            with hot.connection(sessions) as conn:
+                label = hot.save_label(conn, token=token, task_id=task_id, min_seconds=min_seconds, **body.model_dump())
+        except hot.BadToken:
+            raise unauthorized() from None
+        return _json(label_public(label), status_code=201)
 
     return await run_in_threadpool(work)
 

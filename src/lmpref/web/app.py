@@ -85,6 +85,11 @@ def _bad_text(value: Any) -> bool:
     return False
 
 
+class _BadTextResponse:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"detail": BAD_TEXT}, 422)(scope, receive, send)
+
+
 class RejectBadText:
     """422 for a NUL or a lone surrogate anywhere a client can put text: path, query, body.
 
@@ -99,7 +104,7 @@ class RejectBadText:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        reject = JSONResponse({"detail": BAD_TEXT}, 422)
+        reject = _BadTextResponse()  # built only when sent
         if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
             return await reject(scope, receive, send)
         if scope["method"] not in ("POST", "PUT", "PATCH"):

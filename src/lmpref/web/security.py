@@ -76,7 +76,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 bearer = HTTPBearer(auto_error=False, description="A labeler token from `lmpref labelers add`.")
 
 
-def _unauthorized() -> HTTPException:
+def unauthorized() -> HTTPException:
     return HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -84,7 +84,7 @@ def labeler_for(session: Session, token: str) -> Labeler:
     """The active labeler holding `token`, else 401."""
     labeler = authenticate(session, token=token)
     if labeler is None:
-        raise _unauthorized()
+        raise unauthorized()
     return labeler
 
 
@@ -92,7 +92,7 @@ def api_labeler(
     session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Labeler:
     if credentials is None:
-        raise _unauthorized()
+        raise unauthorized()
     return labeler_for(session, credentials.credentials)
 
 
@@ -100,7 +100,7 @@ async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | Non
     """The request's bearer token, not yet checked against the store (in the event loop: no
     thread, no transaction). A request without one is a 401 before its body is looked at."""
     if credentials is None:
-        raise _unauthorized()
+        raise unauthorized()
     return credentials.credentials
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 
 from lmpref.store import AndonEvent, Label, Progress, QualityReport, Served
-from lmpref.web.copying import copied_spans
+from lmpref.store.hot import SavedLabel, ServedTask
+from lmpref.web.copying import Copying, copied_spans
 from lmpref.web.schemas import (
     AndonPublic,
     LabelerQualityPublic,
@@ -17,32 +19,50 @@ from lmpref.web.schemas import (
 )
 
 
-def task_public(served: Served) -> TaskPublic:
-    context = served.task.query.text
+@functools.lru_cache(maxsize=4096)
+def _copying(text: str, context: str) -> Copying:
+    """`copied_spans`, kept for texts seen lately: a task is served to several labelers (and
+    again on every reload), and its texts never change. Keyed by the texts, so safe across stores."""
+    return copied_spans(text, context)
+
+
+def _samples(texts: list[str], context: str) -> list[SamplePublic]:
     samples = []
-    for position, sample in enumerate(served.samples):
-        copying = copied_spans(sample.text, context)
+    for position, text in enumerate(texts):
+        copying = _copying(text, context)
         samples.append(
             SamplePublic(
                 position=position,
-                text=sample.text,
+                text=text,
                 copied_fraction=copying.fraction,
                 copied_spans=copying.spans,
                 context_spans=copying.context_spans,
             )
         )
+    return samples
+
+
+def task_public(served: Served | ServedTask) -> TaskPublic:
+    if isinstance(served, ServedTask):  # the JSON API's Core path (`store.hot`)
+        task_id, kind, context, texts = served.task_id, served.kind, served.context, served.samples
+        served_at = served.served_at
+    else:
+        task_id, kind, context = served.task.id, served.task.kind, served.task.query.text
+        texts, served_at = [s.text for s in served.samples], served.assignment.served_at
     return TaskPublic(
-        task_id=served.task.id,
+        task_id=task_id,
         run=served.run,
-        kind="accuracy" if served.task.kind == "accuracy" else "compare",
+        kind="accuracy" if kind == "accuracy" else "compare",
         context=context,
-        samples=samples,
-        served_at=served.assignment.served_at,
+        samples=_samples(texts, context),
+        served_at=served_at,
         guidelines=served.guidelines,
     )
 
 
-def label_public(label: Label) -> LabelPublic:
+def label_public(label: Label | SavedLabel) -> LabelPublic:
+    if isinstance(label, SavedLabel):  # positions already
+        return LabelPublic(**{f: getattr(label, f) for f in LabelPublic.model_fields})
     order = label.assignment.order
     return LabelPublic(
         id=label.id,
