@@ -32,11 +32,12 @@ from lmpref.core.runtime import load_reference, setup
 from lmpref.formats.cards import policy_card, reward_card
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
-from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, unwrapped
+from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, save_policy, unwrapped
 from lmpref.steps.evaluate import step_evaluate
 from lmpref.steps.guards import direction_guard, fingerprint, saved_reward_guard
 from lmpref.steps.launch import check_supported, check_world
 from lmpref.steps.metrics_log import MetricsLog
+from lmpref.steps.preflight import preflight
 
 # ---------------------------------------------------------------------------------------------
 # Steps
@@ -48,10 +49,13 @@ def step_sample(
     from lmpref.core.sampling import sample_records
     from lmpref.tasks import make_query_source
 
+    preflight(cfg)
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     lm = load_causal_lm(policy_path or cfg.model.name, cfg.model.cache_dir, cfg.model.dtype).to(device)
-    queries = make_query_source(tok, cfg.task, split).sample(n or cfg.sample.num_queries, f"sample-{cfg.seed}")
+    queries = make_query_source(tok, cfg.task, split, cfg.model.name).sample(
+        n or cfg.sample.num_queries, f"sample-{cfg.seed}"
+    )
     policy_id = f"policy:{policy_path}" if policy_path else f"ref:{cfg.model.name}"
     records = sample_records(
         lm, tok, queries, cfg.task, k=cfg.sample.k, batch_size=cfg.sample.batch_size, seed=cfg.seed, policy_id=policy_id
@@ -95,6 +99,7 @@ def step_train_reward(
     from lmpref.core.reward import accuracy, norm_pairs_from_records, split_labels, train_reward, truncate_labels
     from lmpref.eval.winrate import wilson_interval
 
+    preflight(cfg)
     device = setup(cfg)
     trunk = cfg.model.reward_model or cfg.model.name
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
@@ -342,7 +347,24 @@ def check_reward_model(cfg: RunConfig, reward_path: Path) -> tuple[dict, str | N
 
 def _start_policy(cfg: RunConfig, ckpt: Path | None, device) -> PolicyWithValue:
     """The policy to train: the checkpoint's when resuming, else the base model's, with only its top
-    `model.trainable_layers` blocks trainable."""
+    `model.trainable_layers` blocks trainable. With `model.lora_rank` the base model always, with fresh
+    LoRA adapters or the checkpoint's (`lmpref.core.lora`) and the checkpoint's value head."""
+    from lmpref.core import lora
+
+    if cfg.model.lora_rank:
+        base = load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
+        policy = PolicyWithValue(base)
+        for p in policy.lm.parameters():
+            p.requires_grad_(False)
+        adapter = ckpt / lora.ADAPTER_DIR if ckpt else None
+        if ckpt and not (adapter / "adapter_config.json").exists():
+            raise ConfigError(f"{ckpt} holds no LoRA adapter: resume it with model.lora_rank=0, or start a new run")
+        lora.adapt_policy(policy, cfg.model, adapter)
+        if ckpt:
+            from safetensors.torch import load_file
+
+            policy.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
+        return policy.to(device)
     policy = (
         PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
         if ckpt
@@ -352,6 +374,14 @@ def _start_policy(cfg: RunConfig, ckpt: Path | None, device) -> PolicyWithValue:
     ).to(device)
     freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
     return policy
+
+
+def _reference(cfg: RunConfig, policy, device):
+    """ρ: with LoRA the policy's own base with its adapters off (no second copy of the model),
+    else the base model loaded and frozen."""
+    from lmpref.core.lora import AdaptersOff
+
+    return AdaptersOff(unwrapped(policy)) if cfg.model.lora_rank else load_reference(cfg, device)
 
 
 def step_train_policy(
@@ -377,6 +407,7 @@ def step_train_policy(
     from lmpref.core.rloo import train_rloo
     from lmpref.tasks import make_query_source
 
+    preflight(cfg)
     if check_reward:
         _, reason = check_reward_model(cfg, reward_path)
         if reason:
@@ -405,7 +436,7 @@ def step_train_policy(
     elif (run_dir / "metrics.jsonl").exists():
         rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
     policy = _start_policy(cfg, ckpt, device)
-    ref = load_reference(cfg, device)
+    ref = _reference(cfg, policy, device)
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
     rm.requires_grad_(False)
     rloo = cfg.algo == "rloo"
@@ -423,7 +454,7 @@ def step_train_policy(
         load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
         state = json.loads((ckpt / "state.json").read_text())
         print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
-    source = make_query_source(tok, cfg.task, "train")
+    source = make_query_source(tok, cfg.task, "train", cfg.model.name)
     log = (
         _then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row) if accelerator.is_main_process else None
     )
@@ -450,7 +481,7 @@ def step_train_policy(
     weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
     if weights is not None and accelerator.is_main_process:
         with atomic_dir(run_dir / "policy") as tmp:
-            PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
+            save_policy(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
             atomic_write_text(tmp / "README.md", policy_card(_config_dict(cfg), state, reward_model=str(reward_path)))
     return state
@@ -490,6 +521,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     from lmpref.core.dpo import train_dpo
     from lmpref.core.reward import read_labels, split_labels
 
+    preflight(cfg)
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     labels = read_labels(labels_path, tok)
@@ -505,10 +537,9 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     if ckpt is None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    ref = load_reference(cfg, device)
-    ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir)
-    position = {id(c): i for i, c in enumerate(labels)}
     policy = _start_policy(cfg, ckpt, device)
+    ref_lp = cached_reference_logprobs(cfg, _reference(cfg, policy, device), labels, labels_path, tok, run_dir)
+    position = {id(c): i for i, c in enumerate(labels)}
     policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr)
     state = None
@@ -540,7 +571,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     )
     if not state.get("stopped"):
         with atomic_dir(run_dir / "policy") as tmp:
-            policy.save(tmp)
+            save_policy(policy.state_dict(), tmp, like=policy)
             tok.save_pretrained(tmp)
         summary = {**state, "n_train": len(train), "n_heldout": len(heldout), "labels": str(labels_path)}
         atomic_write_text(run_dir / "dpo.json", json.dumps(summary, indent=2))
@@ -554,6 +585,7 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
     run_dir = cfg.resolved_run_dir()
     if resume:
         check_resume(cfg, run_dir / "config.json", allow_config_change)
+    preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or choose --run-dir")
