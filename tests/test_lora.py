@@ -248,3 +248,11 @@ def test_lora_reward_model_saves_merged_and_a_killed_lora_ppo_run_resumes_to_the
         a = load_file(str(tmp_path / "killed" / "policy" / name))
         b = load_file(str(tmp_path / "whole" / "policy" / name))
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
+
+def test_dpo_with_lora_trains_the_adapters_against_the_base_as_rho(reward_model, tmp_path):
+    labels = reward_model.parent / "l.jsonl"
+    run = tmp_path / "dpo"
+    argv = ["train-policy", *TINY, "--algo", "dpo", "--labels", str(labels), "--run-dir", str(run)]
+    assert main([*argv, "--set", "model.lora_rank=4"]) == 0
+    assert (run / "policy" / "adapter" / "adapter_config.json").exists() and (run / "dpo.json").exists()

@@ -34,7 +34,7 @@ def _projections(lm: nn.Module, trainable_layers: int) -> dict[str, str]:
 
     blocks = transformer_blocks(lm)
     prefix = next(name for name, m in lm.named_modules() if m is blocks)
-    first = 0 if trainable_layers < 0 else len(blocks) - trainable_layers
+    first = 0 if trainable_layers < 0 else max(0, len(blocks) - trainable_layers)
     return {
         f"{prefix}.{i}.{name}": name
         for i in range(first, len(blocks))
@@ -71,9 +71,12 @@ def check_targets(name: str, cache_dir: str, spec: str, trainable_layers: int, k
     model built from its config): a typo fails before any work starts."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lmpref.core.loading import resolve_model
+    from lmpref.core.loading import _hub_error, resolve_model
 
-    config = AutoConfig.from_pretrained(resolve_model(name, cache_dir))
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name, cache_dir))
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config)
     target_modules(lm, spec, trainable_layers, key)

@@ -8,7 +8,8 @@ run_dir/
   labels.jsonl          best-of-K labels
   reward_model/         transformers sequence-classification model + tokenizer + lmpref_reward.json
   checkpoints/          resumable PPO checkpoints (update-NNNNNN/, `latest`)
-  policy/               the final policy (causal LM + value_head.safetensors + tokenizer)
+  policy/               the final policy (causal LM + value_head.safetensors + tokenizer; with LoRA the
+                        merged weights, and the adapter alone in policy/adapter/)
   metrics.jsonl, tb/    PPO metrics (JSONL and TensorBoard); reward_metrics.jsonl for the reward model
   eval.json             win rate vs the reference model, mean reward, KL, samples side by side
                         (`lmpref.steps.evaluate`, which also writes eval_samples.jsonl and summary_eval.json)
@@ -237,6 +238,8 @@ def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
     from lmpref.core.sft import target_ids, train_sft
     from lmpref.tasks.summarization import SummarizationSource
 
+    if cfg.model.lora_rank:
+        raise ConfigError("sft trains every weight; LoRA is for the policy of PPO, RLOO and DPO: set model.lora_rank=0")
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     pairs = {}
