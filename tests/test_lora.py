@@ -236,7 +236,7 @@ def test_lora_reward_model_saves_merged_and_a_killed_lora_ppo_run_resumes_to_the
     assert not any("lora_" in k for k in load_file(str(reward_model / "model.safetensors")))
     argv = _policy_argv(reward_model, tmp_path / "killed")
     cmd = [sys.executable, KILL_AT, "update:2", "--", *argv]
-    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == -9
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=900).returncode == -9
     ckpt = tmp_path / "killed" / "checkpoints"
     latest = ckpt / (ckpt / "latest").read_text()
     assert json.loads((latest / "state.json").read_text())["update"] == 1
