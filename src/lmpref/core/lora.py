@@ -190,3 +190,7 @@ class AdaptersOff:
 
     def eval(self) -> AdaptersOff:
         return self
+
+    def parameters(self):
+        """The policy's parameters (where ρ's weights live: read for their device)."""
+        return self.policy.parameters()
