@@ -42,6 +42,14 @@ class ModelConfig:
     """Where converted models are cached; empty = $LMPREF_CACHE or ~/.cache/lmpref."""
     attn_implementation: str = ""
     """Attention kernel for transformers: sdpa | flash_attention_2 | eager; empty = transformers' default (sdpa)."""
+    lora_rank: int = 0
+    """LoRA rank of the policy's adapters (peft); 0 = off. On: base frozen, adapters on the top `trainable_layers` blocks, ρ = the base with adapters off."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the adapter's update is B·A·lora_alpha/lora_rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input while training (> 0 makes PPO's first ratio π/π_old differ from 1)."""
+    lora_target_modules: str = ""
+    """Comma-separated layer names that get adapters (e.g. q_proj,v_proj or attn.c_attn); '' = every attention projection."""
 
 
 @dataclass
@@ -49,9 +57,13 @@ class TaskConfig:
     name: str = "sentiment"
     """Task name, used in labels and reports."""
     query_dataset: str = "books"
-    """Where queries come from: 'books' (the shipped public-domain novels) or a path to a JSONL of {"text"} / {"query"}."""
+    """Where queries come from: 'books' (the shipped novels), a JSONL of {"text"} / {"query"} to cut passages from, or with `query_column` a prompt dataset (file, folder, Hub id, 'tldr-prompts')."""
+    query_column: str = ""
+    """Column of `query_dataset` whose rows are whole prompts (one query each); '' = cut passages from texts as the paper did."""
+    query_format: str = "text"
+    """text | chat: chat renders the column (chat messages [{role, content}], or a string as one user message) with the tokenizer's chat template and its generation prompt."""
     query_length: int = 64
-    """Query length in tokens (queries are left-padded to it)."""
+    """Query length in tokens (queries are left-padded to it; a longer prompt from `query_column` keeps its last tokens, so its end and the assistant header stay)."""
     start_text: str = "."
     """A query starts right after the first occurrence of this token ('' = anywhere)."""
     end_text: str = "."
@@ -114,6 +126,14 @@ class RewardConfig:
     """Text appended right after each response before the head reads the last position (a prompted reward model), e.g. "\n\nThe mood of this passage is"; '' = none."""
     verbalizer: str = ""
     """'A|B' (e.g. ' positive| negative'): the head starts as the LM's unembedding of token A minus token B, a zero-shot prior the labels refine; '' = a random head."""
+    lora_rank: int = 0
+    """LoRA rank on the reward trunk's trained blocks (peft); 0 = off. Saved merged (a plain transformers model)."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator of the reward model: the update is B·A·lora_alpha/lora_rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the reward model's adapters while it trains."""
+    lora_target_modules: str = ""
+    """Comma-separated layer names of the reward trunk that get adapters; '' = every attention projection."""
 
 
 @dataclass
@@ -352,6 +372,10 @@ class RunConfig:
             raise ConfigError(f"reward.layers={self.reward.layers}: give a number of blocks, or 0 for all of them")
         if not 2 <= self.sample.k <= 16:
             raise ConfigError(f"sample.k={self.sample.k}: choose between 2 and 16 continuations per query")
+        if self.task.query_format not in ("text", "chat"):
+            raise ConfigError(f"task.query_format={self.task.query_format!r}: use text or chat")
+        if self.task.query_format == "chat" and not self.task.query_column:
+            raise ConfigError("task.query_format=chat renders a prompt column: name it with task.query_column")
         if not 0 <= self.task.truncate_after < self.task.response_length:
             raise ConfigError("task.truncate_after must lie inside the response (0 <= it < task.response_length)")
         if self.task.temperature <= 0:
@@ -365,6 +389,7 @@ class RunConfig:
         for name in ("fast_sampling", "compile", "fused_adam"):
             if getattr(p, name) not in ("on", "off", "auto"):
                 raise ConfigError(f"ppo.{name}={getattr(p, name)!r}: use on, off or auto")
+        self._check_lora()
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.model.dtype!r}: use float32, bfloat16 or float16")
         e = self.experiment
@@ -390,6 +415,26 @@ class RunConfig:
             raise ConfigError(
                 f"experiment.enqueue_every={e.enqueue_every}: enqueue after every N >= 1 PPO updates, or 0 (derived)"
             )
+
+    def _check_lora(self) -> None:
+        reward_layers = (
+            self.reward.trainable_layers if self.reward.trainable_layers >= 0 else self.model.trainable_layers
+        )
+        for sec, obj, layers in (
+            ("model", self.model, self.model.trainable_layers),
+            ("reward", self.reward, reward_layers),
+        ):
+            if obj.lora_rank < 0:
+                raise ConfigError(f"{sec}.lora_rank={obj.lora_rank}: give a rank >= 1 (e.g. 8), or 0 for no LoRA")
+            if not obj.lora_rank:
+                continue
+            if obj.lora_alpha <= 0 or not 0 <= obj.lora_dropout < 1:
+                raise ConfigError(f"{sec}.lora_alpha must be > 0 and {sec}.lora_dropout in [0, 1)")
+            if layers == 0:
+                raise ConfigError(
+                    f"{sec}.lora_rank={obj.lora_rank} with no trained block ({sec}.trainable_layers=0): "
+                    f"set {sec}.trainable_layers to -1 or N >= 1, or {sec}.lora_rank=0"
+                )
 
 
 def _field_names(cls) -> list[str]:

@@ -160,6 +160,9 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(lm.parameters()).dtype)
+        # The peft.PeftModel around `lm` when it carries LoRA adapters (lmpref.core.lora), else None.
+        # Kept outside the module tree: it wraps `lm` itself, whose parameters are registered once, here.
+        object.__setattr__(self, "peft", None)
 
     @property
     def _no_split_modules(self):

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmpref.config import ConfigError, RewardConfig, RunConfig
+from lmpref.core import lora
 from lmpref.core.batching import pad_left
 from lmpref.core.loading import DTYPES, _hub_error, resolve_model
 from lmpref.core.models import (
@@ -528,8 +529,10 @@ class RewardModel(nn.Module):
         self.clf.config.lmpref_template_ids = self.template.tolist()
         self.clf.config.lmpref_reward_bias = float(self.bias)
         path = Path(path)
+        # With LoRA the trunk is saved merged (base + adapters): a plain transformers model.
+        state = lora.merged_state(self.clf, self.clf.state_dict()) if lora.is_adapted(self.clf) else None
         with atomic_dir(path) as tmp:
-            self.clf.save_pretrained(tmp)
+            self.clf.save_pretrained(tmp, state_dict=state)
             if extra:
                 (tmp / "lmpref_reward.json").write_text(json.dumps(extra, indent=2))
             if tokenizer is not None:
@@ -563,7 +566,17 @@ def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardMod
         verbalizer_ids=verbalizer,
     ).to(device)
     layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
-    if layers == 0:
+    if cfg.reward.lora_rank:  # adapters on the top `layers` blocks; the base stays frozen (lmpref.core.lora)
+        lora.attach(
+            rm.clf,
+            rank=cfg.reward.lora_rank,
+            alpha=cfg.reward.lora_alpha,
+            dropout=cfg.reward.lora_dropout,
+            spec=cfg.reward.lora_target_modules,
+            trainable_layers=layers,
+            key="reward.lora_target_modules",
+        )
+    elif layers == 0:
         rm.clf.requires_grad_(False)  # the trunk stays the base model's, bit for bit (lmpref.core.trunk shares it)
     else:
         freeze_lower_layers(rm.clf, layers)

@@ -227,7 +227,7 @@ def _own(row: dict[str, Any], where: str, c: Columns) -> LabelRecord:
     return LabelRecord.from_json({"id": "-"} | {k: v for k, v in row.items() if v is not None}, where)
 
 
-def _messages(value: Any, where: str, col: str) -> list[dict[str, str]] | None:
+def messages_of(value: Any, where: str, col: str) -> list[dict[str, str]] | None:
     """Chat messages as [{role, content}], or None for text; anything else is an error."""
     if isinstance(value, str):
         return None
@@ -269,12 +269,12 @@ def _pair(
     second: tuple[str, Any],
     best: int,
 ) -> LabelRecord:
-    m1, m2 = _messages(first[1], where, first[0]), _messages(second[1], where, second[0])
+    m1, m2 = messages_of(first[1], where, first[0]), messages_of(second[1], where, second[0])
     if (m1 is None) != (m2 is None):
         raise DataError(f"{where}: {first[0]!r} and {second[0]!r} must both be text or both be chat messages")
     if prompt_col is not None:
         prompt = _get(row, prompt_col, where)
-        pm = _messages(prompt, where, prompt_col)
+        pm = messages_of(prompt, where, prompt_col)
         if pm is not None:
             query = render_messages(pm) + "\n\n" + ASSISTANT
             return _label(query, [_reply(m1 or []), _reply(m2 or [])], best, prompt_messages=pm)

@@ -58,6 +58,7 @@ from lmpref.steps.guards import (
     validation_win_rate,
     win_rate_guard,
 )
+from lmpref.steps.preflight import preflight
 from lmpref.store.experiment import publish_status
 
 SEGMENT_END = "end of this round's PPO segment"
@@ -233,7 +234,7 @@ def sample_batch(
     if not path.exists():
         setup(cfg)
         tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
-        queries = make_query_source(tok, cfg.task, "train").sample(n, f"experiment-{cfg.seed}-{key}")
+        queries = make_query_source(tok, cfg.task, "train", cfg.model.name).sample(n, f"experiment-{cfg.seed}-{key}")
         ckpt = latest_checkpoint(ex.run_dir) if r > 0 else None
         if update is not None and _checkpoint_update(ex.run_dir) != update:
             raise RuntimeError(
@@ -425,6 +426,7 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
         )
     e = cfg.experiment
     run_dir = cfg.resolved_run_dir()
+    preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "experiment.json"
     if not resume and any(run_dir.iterdir()):

@@ -1,5 +1,6 @@
 """The run directory's checkpoint format: `checkpoints/update-N/` holds the policy, its optimizer
-state and the loop's state, written whole (a temporary directory renamed into place)."""
+state and the loop's state, written whole (a temporary directory renamed into place). A policy with
+LoRA adapters is saved as `save_policy` lays it out: merged weights, the adapter in `adapter/`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lmpref.core import lora
 from lmpref.core.accel import full_model_state, full_optimizer_state
 from lmpref.core.models import PolicyWithValue
 from lmpref.io import atomic_dir, atomic_write_text
@@ -25,7 +27,7 @@ def checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
             return
         final = ckpts / f"update-{update:06d}"
         with atomic_dir(final) as tmp:
-            PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
+            save_policy(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
             with open(tmp / "optimizer.pt", "wb") as f:  # through Python's I/O: a full disk is an OSError
                 torch.save(moments, f)
@@ -35,6 +37,20 @@ def checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
             shutil.rmtree(old, ignore_errors=True)
 
     return save
+
+
+def save_policy(state: dict, path: Path, *, like: PolicyWithValue) -> None:
+    """A policy's whole state dict into the folder `path`: a transformers causal LM + value_head.safetensors
+    (`PolicyWithValue.save_state`). With LoRA (`like.peft`) the LM is saved merged (base + adapters, plain
+    transformers loads it) and the adapter alone in `path/adapter/` (plain peft loads it on the base);
+    a resumed run puts that adapter back on the base model, so ρ stays the base exactly."""
+    if like.peft is None:
+        PolicyWithValue.save_state(state, path, like=like)
+        return
+    lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+    merged = {f"lm.{k}": v for k, v in lora.merged_state(like.lm, lm_state).items()}
+    PolicyWithValue.save_state(merged | {k: v for k, v in state.items() if not k.startswith("lm.")}, path, like=like)
+    lora.save_adapter(like.peft, lm_state, path / lora.ADAPTER_DIR)
 
 
 def unwrapped(model):

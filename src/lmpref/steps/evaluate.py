@@ -89,7 +89,7 @@ def step_evaluate(
         bases[name] = (
             models[base] if base in models else PolicyWithValue.load(base, dtype=cfg.model.dtype).to(device).eval()
         )
-    source = make_query_source(tok, cfg.task, "eval")
+    source = make_query_source(tok, cfg.task, "eval", cfg.model.name)
     queries = source.sample(cfg.eval.num_queries, f"eval-{cfg.seed}")
     labeler = make_labeler(cfg.labeler.name)
     R, T, bs = cfg.task.response_length, cfg.task.temperature, cfg.sample.batch_size

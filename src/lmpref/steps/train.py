@@ -8,7 +8,8 @@ run_dir/
   labels.jsonl          best-of-K labels
   reward_model/         transformers sequence-classification model + tokenizer + lmpref_reward.json
   checkpoints/          resumable PPO checkpoints (update-NNNNNN/, `latest`)
-  policy/               the final policy (causal LM + value_head.safetensors + tokenizer)
+  policy/               the final policy (causal LM + value_head.safetensors + tokenizer; with LoRA the
+                        merged weights, and the adapter alone in policy/adapter/)
   metrics.jsonl, tb/    PPO metrics (JSONL and TensorBoard); reward_metrics.jsonl for the reward model
   eval.json             win rate vs the reference model, mean reward, KL, samples side by side
                         (`lmpref.steps.evaluate`, which also writes eval_samples.jsonl and summary_eval.json)
@@ -32,11 +33,12 @@ from lmpref.core.runtime import load_reference, setup
 from lmpref.formats.cards import policy_card, reward_card
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
-from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, unwrapped
+from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, save_policy, unwrapped
 from lmpref.steps.evaluate import step_evaluate
 from lmpref.steps.guards import direction_guard, fingerprint, saved_reward_guard
 from lmpref.steps.launch import check_supported, check_world
 from lmpref.steps.metrics_log import MetricsLog
+from lmpref.steps.preflight import preflight
 
 # ---------------------------------------------------------------------------------------------
 # Steps
@@ -48,10 +50,13 @@ def step_sample(
     from lmpref.core.sampling import sample_records
     from lmpref.tasks import make_query_source
 
+    preflight(cfg)
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     lm = load_causal_lm(policy_path or cfg.model.name, cfg.model.cache_dir, cfg.model.dtype).to(device)
-    queries = make_query_source(tok, cfg.task, split).sample(n or cfg.sample.num_queries, f"sample-{cfg.seed}")
+    queries = make_query_source(tok, cfg.task, split, cfg.model.name).sample(
+        n or cfg.sample.num_queries, f"sample-{cfg.seed}"
+    )
     policy_id = f"policy:{policy_path}" if policy_path else f"ref:{cfg.model.name}"
     records = sample_records(
         lm, tok, queries, cfg.task, k=cfg.sample.k, batch_size=cfg.sample.batch_size, seed=cfg.seed, policy_id=policy_id
@@ -97,6 +102,7 @@ def step_train_reward(
     from lmpref.eval.labelers import noise_free_accuracy
     from lmpref.eval.winrate import wilson_interval
 
+    preflight(cfg)
     device = setup(cfg)
     trunk = cfg.model.reward_model or cfg.model.name
     tok = load_tokenizer(trunk, cfg.model.cache_dir)
@@ -236,6 +242,8 @@ def step_sft(cfg: RunConfig, out: Path, log_path: Path | None = None) -> dict:
     from lmpref.core.sft import target_ids, train_sft
     from lmpref.tasks.summarization import SummarizationSource
 
+    if cfg.model.lora_rank:
+        raise ConfigError("sft trains every weight; LoRA is for the policy of PPO, RLOO and DPO: set model.lora_rank=0")
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     pairs = {}
@@ -346,7 +354,24 @@ def check_reward_model(cfg: RunConfig, reward_path: Path) -> tuple[dict, str | N
 
 def _start_policy(cfg: RunConfig, ckpt: Path | None, device) -> PolicyWithValue:
     """The policy to train: the checkpoint's when resuming, else the base model's, with only its top
-    `model.trainable_layers` blocks trainable."""
+    `model.trainable_layers` blocks trainable. With `model.lora_rank` the base model always, with fresh
+    LoRA adapters or the checkpoint's (`lmpref.core.lora`) and the checkpoint's value head."""
+    from lmpref.core import lora
+
+    if cfg.model.lora_rank:
+        base = load_causal_lm(cfg.model.name, cfg.model.cache_dir, cfg.model.dtype, cfg.model.attn_implementation)
+        policy = PolicyWithValue(base)
+        for p in policy.lm.parameters():
+            p.requires_grad_(False)
+        adapter = ckpt / lora.ADAPTER_DIR if ckpt else None
+        if ckpt and not (adapter / "adapter_config.json").exists():
+            raise ConfigError(f"{ckpt} holds no LoRA adapter: resume it with model.lora_rank=0, or start a new run")
+        lora.adapt_policy(policy, cfg.model, adapter)
+        if ckpt:
+            from safetensors.torch import load_file
+
+            policy.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
+        return policy.to(device)
     policy = (
         PolicyWithValue.load(ckpt, dtype=cfg.model.dtype)
         if ckpt
@@ -356,6 +381,14 @@ def _start_policy(cfg: RunConfig, ckpt: Path | None, device) -> PolicyWithValue:
     ).to(device)
     freeze_lower_layers(policy.lm, cfg.model.trainable_layers)
     return policy
+
+
+def _reference(cfg: RunConfig, policy, device):
+    """ρ: with LoRA the policy's own base with its adapters off (no second copy of the model),
+    else the base model loaded and frozen."""
+    from lmpref.core.lora import AdaptersOff
+
+    return AdaptersOff(unwrapped(policy)) if cfg.model.lora_rank else load_reference(cfg, device)
 
 
 def step_train_policy(
@@ -381,6 +414,7 @@ def step_train_policy(
     from lmpref.core.rloo import train_rloo
     from lmpref.tasks import make_query_source
 
+    preflight(cfg)
     if check_reward:
         _, reason = check_reward_model(cfg, reward_path)
         if reason:
@@ -409,7 +443,7 @@ def step_train_policy(
     elif (run_dir / "metrics.jsonl").exists():
         rows.extend(r for _, r in read_jsonl(run_dir / "metrics.jsonl"))
     policy = _start_policy(cfg, ckpt, device)
-    ref = load_reference(cfg, device)
+    ref = _reference(cfg, policy, device)
     rm = RewardModel.load(reward_path, cfg.model.dtype).to(device).eval()
     rm.requires_grad_(False)
     rloo = cfg.algo == "rloo"
@@ -427,7 +461,7 @@ def step_train_policy(
         load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
         state = json.loads((ckpt / "state.json").read_text())
         print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
-    source = make_query_source(tok, cfg.task, "train")
+    source = make_query_source(tok, cfg.task, "train", cfg.model.name)
     log = (
         _then(MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb"), keep_row) if accelerator.is_main_process else None
     )
@@ -454,7 +488,7 @@ def step_train_policy(
     weights = full_model_state(policy) if not state.get("stopped") else None  # collective: every process
     if weights is not None and accelerator.is_main_process:
         with atomic_dir(run_dir / "policy") as tmp:
-            PolicyWithValue.save_state(weights, tmp, like=unwrapped(policy))
+            save_policy(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
             atomic_write_text(tmp / "README.md", policy_card(_config_dict(cfg), state, reward_model=str(reward_path)))
     return state
@@ -516,6 +550,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     from lmpref.core.dpo import train_dpo
     from lmpref.core.reward import read_labels, split_labels
 
+    preflight(cfg)
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     labels = read_labels(labels_path, tok)
@@ -531,8 +566,8 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     if ckpt is None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    ref = load_reference(cfg, device)
     policy = _start_policy(cfg, ckpt, device)
+    ref = _reference(cfg, policy, device)
     policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
     trunk = _dpo_trunk(cfg, policy, ref, labels, tok.pad_token_id)
     ref_lp = cached_reference_logprobs(cfg, ref, labels, labels_path, tok, run_dir, trunk)
@@ -568,7 +603,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     )
     if not state.get("stopped"):
         with atomic_dir(run_dir / "policy") as tmp:
-            policy.save(tmp)
+            save_policy(policy.state_dict(), tmp, like=policy)
             tok.save_pretrained(tmp)
         summary = {**state, "n_train": len(train), "n_heldout": len(heldout), "labels": str(labels_path)}
         atomic_write_text(run_dir / "dpo.json", json.dumps(summary, indent=2))
@@ -582,6 +617,7 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
     run_dir = cfg.resolved_run_dir()
     if resume:
         check_resume(cfg, run_dir / "config.json", allow_config_change)
+    preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or choose --run-dir")

@@ -320,6 +320,18 @@ def document_of_query(query: str) -> str:
     return query.removeprefix(CNNDM_PREFIX).removesuffix(TLDR_SUFFIX)
 
 
+def cycle_sample(pool: list[TaskQuery], n: int, seed: str) -> list[TaskQuery]:
+    """n queries from `pool`: a seeded shuffle of it, repeated in fresh shuffles when n exceeds it;
+    ids of repeats get a `~rN` suffix so a sampling file never holds one id twice."""
+    rng = random.Random(seed)
+    queries: list[TaskQuery] = []
+    for rnd in range(n // len(pool) + 1):
+        order = list(pool)
+        rng.shuffle(order)
+        queries += [q if rnd == 0 else dataclasses.replace(q, id=f"{q.id}~r{rnd}") for q in order]
+    return queries[:n]
+
+
 class SummarizationSource:
     """Queries of a summarization task, each carrying its reference summary in `TaskQuery.extra`.
 
@@ -367,10 +379,4 @@ class SummarizationSource:
             raise DataError(
                 f"no {self.kind} {self.split} document fits in task.query_length={self.task.query_length} tokens"
             )
-        rng = random.Random(f"{key}-{self.split}")
-        queries: list[TaskQuery] = []
-        for rnd in range(n // len(pool) + 1):
-            order = list(pool)
-            rng.shuffle(order)
-            queries += [q if rnd == 0 else dataclasses.replace(q, id=f"{q.id}~r{rnd}") for q in order]
-        return queries[:n]
+        return cycle_sample(pool, n, f"{key}-{self.split}")
