@@ -137,6 +137,9 @@ def test_noise_free_labeler_accuracy_is_the_ceiling_on_literal_labels():
     assert noise_free_accuracy(rows) == pytest.approx((1 + 0 + 0.5) / 3)
     assert noise_free_accuracy([{**rows[0], "labeler": "alice"}]) is None  # people's labels: no ceiling
     assert noise_free_accuracy([]) is None
+    assert noise_free_accuracy([{**rows[0], "labeler": "rouge@T0.05"}]) is None  # its reference is not in the label
+    with_ref = {**rows[0], "labeler": "rouge@T0.05", "reference": bad.strip()}
+    assert noise_free_accuracy([with_ref]) == 0.0  # ROUGE prefers the response closer to the reference
 
 
 def test_train_reward_reports_the_labelers_ceiling_on_its_own_labels(tmp_path, capsys):

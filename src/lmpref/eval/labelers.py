@@ -138,7 +138,8 @@ def noise_free_accuracy(records: list[dict]) -> float | None:
     """How often the programmatic labeler named in each label record (`labeler`, e.g.
     "sentiment@T0.05"), read without its noise, picks the record's `best`: the most a reward model
     can reach on these labels (a tie at the top counts as a guess among the tied). None when a record
-    has no known programmatic labeler (people's labels) or no texts."""
+    has no known programmatic labeler (people's labels), no texts, or lacks the reference summary its
+    labeler needs (label records do not carry it)."""
     if not records:
         return None
     made: dict[str, ProgramLabeler] = {}
@@ -148,6 +149,8 @@ def noise_free_accuracy(records: list[dict]) -> float | None:
         if name not in LABELERS or not rec.get("responses") or rec.get("query") is None:
             return None
         labeler = made.setdefault(name, LABELERS[name]())
+        if getattr(labeler, "needs_reference", False) and rec.get("reference") is None:
+            return None
         scores = [labeler.score(rec["query"], r, reference=rec.get("reference")) for r in rec["responses"]]
         top = [i for i, v in enumerate(scores) if v == max(scores)]
         hits += (rec["best"] in top) / len(top)
@@ -181,6 +184,7 @@ class RougeLabeler:
     against it, in [0, 1] (the paper's automatic metric for summaries, §4.2)."""
 
     name = "rouge"
+    needs_reference = True
 
     def score(self, query: str, response: str, *, reference: str | None = None) -> float:
         from lmpref.eval.metrics import rouge
