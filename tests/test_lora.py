@@ -4,7 +4,6 @@ weights with plain transformers, with the in-memory policy's logits; a bad LoRA 
 before any work; a killed LoRA run resumes to the policy of an unbroken one."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 import torch
 
 from lmpref.cli import main
-from lmpref.config import ModelConfig, make_config
+from lmpref.config import ModelConfig
 from lmpref.core import lora
 from lmpref.core.loading import load_causal_lm
 from lmpref.core.models import PolicyWithValue, lower_hidden
 from lmpref.core.trunk import shared_depth
 from lmpref.io import read_jsonl
+from rloo_fixtures import VOCAB, assert_learned, run_tiny_rloo, tiny_rloo_config
 
 TINY = ["--preset", "test", "--scale", "tiny"]
 KILL_AT = str(Path(__file__).parent / "kill_at.py")
@@ -109,65 +109,20 @@ def test_saved_adapter_loads_with_peft_and_merged_weights_with_transformers(tmp_
     assert torch.equal(again.value_head.weight, policy.value_head.weight)
 
 
-class _IdTokenizer:
-    pad_token_id = 0
-
-
 def test_rloo_with_lora_raises_reward_with_kl_bounded_and_base_weights_untouched():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmpref.core.rloo import train_rloo
-    from lmpref.records import TaskQuery
-
     torch.manual_seed(0)
-    vocab = 16
-    cfg = make_config(
-        "test",
-        "tiny",
-        {
-            "rloo.total_episodes": 32 * 25,
-            "rloo.batch_size": 32,
-            "rloo.k": 4,
-            "rloo.lr": 3e-3,
-            "rloo.kl_coef": 0.05,
-            "task.query_length": 6,
-            "model.lora_rank": 8,  # on the default targets: the attention projections
-        },
-    )
+    cfg = tiny_rloo_config(**{"model.lora_rank": 8})  # on the default targets: the attention projections
     # Embeddings of std 0.3, not GPT-2's 0.02: the LM head is tied to them and frozen under LoRA, so with
     # tiny ones no change of the hidden state could move the logits far (full fine-tuning rescales them).
-    config = GPT2Config(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, n_positions=64, initializer_range=0.3)
+    config = GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64, initializer_range=0.3)
     policy = PolicyWithValue(GPT2LMHeadModel(config))
     lora.adapt_policy(policy, cfg.model)
     policy.value_head.requires_grad_(False)  # RLOO has no value function
     base = {n: p.detach().clone() for n, p in policy.lm.named_parameters() if "lora_" not in n}
     adapters = {n: p.detach().clone() for n, p in policy.lm.named_parameters() if "lora_" in n}
-    R = cfg.task.response_length
-
-    def reward_fn(ids, mask, last_index):  # share of low-id response tokens, centred: (B,)
-        return (ids[:, -R:] < vocab // 2).float().mean(1) * 2 - 1
-
-    rng = random.Random(0)
-    queries = [TaskQuery(id=str(i), text="", ids=[rng.randrange(1, vocab) for _ in range(6)]) for i in range(64)]
-    stats = []
-    state = train_rloo(
-        policy,
-        lora.AdaptersOff(policy),
-        reward_fn,
-        _IdTokenizer(),
-        lambda update, n: rng.sample(queries, n),
-        cfg.rloo,
-        cfg.task,
-        seed=0,
-        device=torch.device("cpu"),
-        log=stats.append,
-    )
-    assert state["update"] == 25 == len(stats)
-    scores = [s["objective/scores"] for s in stats]
-    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
-    assert last > first + 0.3, f"reward did not rise: {scores}"
-    kls = [s["objective/kl"] for s in stats]
-    assert 0.1 < sum(kls[-3:]) / 3 < 8, kls  # it moved away from ρ (the base), and not without bound
+    assert_learned(*run_tiny_rloo(policy, lora.AdaptersOff(policy), cfg))  # ρ: the base, adapters off
     assert all(torch.equal(p, base[n]) for n, p in policy.lm.named_parameters() if n in base)
     moved = [n for n, p in policy.lm.named_parameters() if n in adapters and not torch.equal(p, adapters[n])]
     assert sorted(moved) == sorted(adapters)

@@ -2,7 +2,6 @@
 with its KL bounded, and `train-policy --algo rloo` with checkpoints, --resume and the Andon cord."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,9 @@ import torch
 
 from lmpref.cli import main
 from lmpref.config import make_config
-from lmpref.core.rloo import rloo_advantages, rloo_loss, sequence_rewards, train_rloo
+from lmpref.core.rloo import rloo_advantages, rloo_loss, sequence_rewards
 from lmpref.io import read_jsonl
+from rloo_fixtures import VOCAB, assert_learned, run_tiny_rloo, tiny_rloo_config
 
 TINY = ["--preset", "test", "--scale", "tiny"]
 KILL_AT = str(Path(__file__).parent / "kill_at.py")
@@ -60,63 +60,21 @@ def test_rloo_loss_gradient_is_minus_the_advantage_over_the_batch():
 # A tiny policy learns
 
 
-class _IdTokenizer:
-    pad_token_id = 0
-
-
 def test_rloo_raises_reward_with_kl_bounded_and_moves_every_trained_parameter():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lmpref.core.models import PolicyWithValue
-    from lmpref.records import TaskQuery
 
     torch.manual_seed(0)
-    vocab = 16
-    cfg = make_config(
-        "test",
-        "tiny",
-        {
-            "rloo.total_episodes": 32 * 25,
-            "rloo.batch_size": 32,
-            "rloo.k": 4,
-            "rloo.lr": 3e-3,
-            "rloo.kl_coef": 0.05,
-            "task.query_length": 6,
-        },
-    )
+    cfg = tiny_rloo_config()
     policy = PolicyWithValue(
-        GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, n_positions=64))
+        GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64))
     )
     ref = PolicyWithValue(policy.lm.__class__(policy.lm.config)).eval().requires_grad_(False)
     ref.lm.load_state_dict(policy.lm.state_dict())
     policy.value_head.requires_grad_(False)
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    R = cfg.task.response_length
-
-    def reward_fn(ids, mask, last_index):  # share of low-id response tokens, centred: (B,)
-        return (ids[:, -R:] < vocab // 2).float().mean(1) * 2 - 1
-
-    rng = random.Random(0)
-    queries = [TaskQuery(id=str(i), text="", ids=[rng.randrange(1, vocab) for _ in range(6)]) for i in range(64)]
-    stats = []
-    state = train_rloo(
-        policy,
-        ref,
-        reward_fn,
-        _IdTokenizer(),
-        lambda update, n: rng.sample(queries, n),
-        cfg.rloo,
-        cfg.task,
-        seed=0,
-        device=torch.device("cpu"),
-        log=stats.append,
-    )
-    assert state["update"] == 25 == len(stats)
-    scores = [s["objective/scores"] for s in stats]
-    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
-    assert last > first + 0.3, f"reward did not rise: {scores}"
-    kls = [s["objective/kl"] for s in stats]
-    assert 0.1 < sum(kls[-3:]) / 3 < 8, kls  # it moved away from ρ, and not without bound
+    assert_learned(*run_tiny_rloo(policy, ref, cfg))
     unchanged = [n for n, p in policy.named_parameters() if n in before and torch.equal(p, before[n])]
     assert not [n for n in unchanged if "wpe" not in n], unchanged
 
