@@ -3,7 +3,8 @@
 Starts `lmpref serve`'s app (uvicorn, one process) on a fresh store, creates labelers and
 tasks, then each simulated labeler loops GET /api/tasks/next -> POST /api/tasks/{id}/label
 with no think time until the queue is empty or the time is up. Prints labels/s and latency
-percentiles. Client and server share the machine, so on few cores this understates the server.
+percentiles and the CPU per label of the server and of this load generator (aiohttp). Client
+and server share the machine, so on few cores this understates the server.
 
     python bench/label_load.py                      # SQLite file in a temp dir
     python bench/label_load.py --db postgresql://postgres@127.0.0.1:5432/bench
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 SERVER = (
     "import sys, uvicorn\n"
@@ -64,24 +65,25 @@ def setup(db: str, n_labelers: int, n_tasks: int, redundancy: int) -> list[str]:
     return tokens
 
 
-async def labeler(client: httpx.AsyncClient, token: str, deadline: float, lat: dict[str, list[float]]) -> int:
+async def labeler(client: aiohttp.ClientSession, token: str, deadline: float, lat: dict[str, list[float]]) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     rng = random.Random(token)
     done = 0
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        r = await client.get("/api/tasks/next", headers=headers)
+        async with client.get("/api/tasks/next", headers=headers) as r:
+            if r.status == 204:
+                lat["next"].append(time.perf_counter() - t0)
+                return done
+            r.raise_for_status()
+            task = await r.json()
         lat["next"].append(time.perf_counter() - t0)
-        if r.status_code == 204:
-            return done
-        r.raise_for_status()
-        task = r.json()
         t0 = time.perf_counter()
-        r = await client.post(
-            f"/api/tasks/{task['task_id']}/label", headers=headers, json={"best": rng.randrange(len(task["samples"]))}
-        )
+        body = {"best": rng.randrange(len(task["samples"]))}
+        async with client.post(f"/api/tasks/{task['task_id']}/label", headers=headers, json=body) as r:
+            r.raise_for_status()
+            await r.read()
         lat["label"].append(time.perf_counter() - t0)
-        r.raise_for_status()
         done += 1
     return done
 
@@ -92,8 +94,11 @@ def pct(xs: list[float], q: float) -> float:
 
 async def drive(base: str, tokens: list[str], seconds: float) -> tuple[int, float, dict[str, list[float]]]:
     lat: dict[str, list[float]] = {"next": [], "label": []}
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+    # aiohttp, not httpx: on 2 cores the load generator shares the CPU with the server, and httpx
+    # spent 16 ms of CPU per label (its one core saturated, the server 40% busy), so it measured itself.
+    connector = aiohttp.TCPConnector(limit=len(tokens))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(base_url=base, connector=connector, timeout=timeout) as client:
         start = time.perf_counter()
         counts = await asyncio.gather(*(labeler(client, t, start + seconds, lat) for t in tokens))
         elapsed = time.perf_counter() - start
@@ -177,9 +182,9 @@ def main() -> None:
                     break
             time.sleep(0.05)
         time.sleep(1.0 if args.workers > 1 else 0.0)  # every worker listening, not just the first
-        cpu0 = cpu_seconds(server.pid)
+        cpu0, client0 = cpu_seconds(server.pid), time.process_time()
         labels, elapsed, lat = asyncio.run(drive(f"http://127.0.0.1:{port}", tokens, args.seconds))
-        cpu = cpu_seconds(server.pid) - cpu0
+        cpu, client_cpu = cpu_seconds(server.pid) - cpu0, time.process_time() - client0
     finally:
         server.terminate()
         server.wait(10)
@@ -194,6 +199,7 @@ def main() -> None:
         f"labels: {labels} in {elapsed:.1f}s = {labels / elapsed:.1f} labels/s ({len(both) / elapsed:.1f} requests/s)"
     )
     print(f"server CPU: {cpu:.1f} s = {cpu / max(labels, 1) * 1000:.2f} ms per label")
+    print(f"client CPU: {client_cpu:.1f} s = {client_cpu / max(labels, 1) * 1000:.2f} ms per label (load generator)")
     for name, xs in (("next", lat["next"]), ("label", lat["label"]), ("all", both)):
         print(
             f"latency {name:5s}: p50 {pct(xs, 0.5):7.1f} ms  p99 {pct(xs, 0.99):7.1f} ms  max {max(xs) * 1000:7.1f} ms"
