@@ -192,3 +192,34 @@ def test_policy_has_no_dropout_so_the_first_ratio_is_one():
     a, _ = policy(ids, mask, 4)
     b, _ = policy(ids, mask, 4)
     assert torch.equal(a, b)
+
+
+def test_response_only_reward_model_reads_the_response_alone_and_ignores_the_query(tmp_path):
+    """`reward.response_only`: the score of query + response equals the score of the response read
+    as a sequence of its own, whatever the query, with and without a template; it survives a save."""
+    from lmpref.core.models import append_after
+
+    torch.manual_seed(0)
+    rm = RewardModel.from_lm("tiny-gpt2", template_ids=[7, 8], response_only=True).eval()
+    plain = RewardModel.from_lm("tiny-gpt2", template_ids=[7, 8]).eval()
+    plain.load_state_dict(rm.state_dict())
+    Q = 4
+    response = torch.tensor([[11, 12, 13, 14, 15], [21, 22, 23, 0, 0]])  # the second is cut after 3 tokens
+    r_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    last = torch.tensor([Q + 4, Q + 2])
+    scores = []
+    for query in (torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]]), torch.tensor([[9, 9, 9, 9], [0, 0, 0, 8]])):
+        q_mask = (query != 0).long()
+        ids, mask = torch.cat([query, response], 1), torch.cat([q_mask, r_mask], 1)
+        with torch.no_grad():
+            scores.append(rm(ids, mask, last, Q))
+    assert torch.equal(scores[0], scores[1])
+    alone_ids, alone_mask, alone_last = append_after(response, r_mask, last - Q, torch.tensor([7, 8]))
+    with torch.no_grad():
+        h = plain.clf.base_model(input_ids=alone_ids, attention_mask=alone_mask).last_hidden_state
+        expected = plain.head(h[torch.arange(2), alone_last])
+    torch.testing.assert_close(scores[0], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shared hidden states"):
+        rm(ids, mask, last, Q, hidden=torch.zeros(2, 9, 64), depth=1)
+    rm.save(tmp_path / "rm")
+    assert RewardModel.load(tmp_path / "rm").response_only

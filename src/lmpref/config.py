@@ -126,6 +126,8 @@ class RewardConfig:
     """Text appended right after each response before the head reads the last position (a prompted reward model), e.g. "\n\nThe mood of this passage is"; '' = none."""
     verbalizer: str = ""
     """'A|B' (e.g. ' positive| negative'): the head starts as the LM's unembedding of token A minus token B, a zero-shot prior the labels refine; '' = a random head."""
+    response_only: bool = False
+    """The reward model reads the response alone, the query dropped: a judgement of the continuation's own style or mood (the labeler's), not of the passage it continues. Its trunk then cannot start from the policy's shared hidden states."""
     lora_rank: int = 0
     """LoRA rank on the reward trunk's trained blocks (peft); 0 = off. Saved merged (a plain transformers model)."""
     lora_alpha: float = 16.0

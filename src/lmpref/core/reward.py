@@ -407,6 +407,7 @@ class RewardModel(nn.Module):
         self.template = torch.tensor(
             list(getattr(clf.config, "lmpref_template_ids", None) or []), dtype=torch.long
         )  # (m,)
+        self.response_only = bool(getattr(clf.config, "lmpref_response_only", False))
         self.register_buffer("gain", torch.tensor(float(getattr(clf.config, "lmpref_reward_gain", 1.0))))
         self.register_buffer("bias", torch.tensor(float(getattr(clf.config, "lmpref_reward_bias", 0.0))))
 
@@ -421,6 +422,7 @@ class RewardModel(nn.Module):
         layers: int = 0,
         template_ids: list[int] | None = None,
         verbalizer_ids: tuple[int, int] | None = None,
+        response_only: bool = False,
     ) -> RewardModel:
         """A fresh reward model on a pretrained trunk (its lower `layers` blocks only, when > 0). The
         head is initialised with std 1/sqrt(D+1) as in lm-human-preferences, or, with `verbalizer_ids`
@@ -441,6 +443,7 @@ class RewardModel(nn.Module):
             raise _hub_error(name, e) from e
         clf.config.lmpref_pooling = pooling
         clf.config.lmpref_template_ids = list(template_ids or [])
+        clf.config.lmpref_response_only = response_only
         head = clf.score if hasattr(clf, "score") else clf.get_output_embeddings()
         nn.init.normal_(head.weight, std=1 / math.sqrt(clf.config.hidden_size + 1))
         if unembed is not None:
@@ -489,7 +492,19 @@ class RewardModel(nn.Module):
         `query_length`, responses follow; `last_index` (B,) is each response's last token. Causal
         attention means tokens after it (a truncated tail) cannot change anything read here. With
         `hidden` (B, T, D) after block `depth` - 1 (lmpref.core.trunk) the blocks below `depth` are skipped
-        (not with a template: its tokens are not in `hidden`)."""
+        (not with a template: its tokens are not in `hidden`). A response-only model
+        (`config.lmpref_response_only`) drops the query: it reads the tokens from `query_length` on."""
+        if self.response_only:
+            if hidden is not None:
+                raise ValueError(
+                    "a response-only reward model cannot start from shared hidden states (they saw the query)"
+                )
+            if query_length is None:
+                raise ValueError(
+                    "a response-only reward model needs the padded query length (where the responses start)"
+                )
+            input_ids, attention_mask = input_ids[:, query_length:], attention_mask[:, query_length:]
+            last_index, query_length = (last_index - query_length).clamp(min=0), 0
         if len(self.template):
             if hidden is not None:
                 raise ValueError(
@@ -564,6 +579,7 @@ def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardMod
         layers=cfg.reward.layers,
         template_ids=template,
         verbalizer_ids=verbalizer,
+        response_only=cfg.reward.response_only,
     ).to(device)
     layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
     if cfg.reward.lora_rank:  # adapters on the top `layers` blocks; the base stays frozen (lmpref.core.lora)

@@ -186,9 +186,8 @@ def plan(policy_lm: nn.Module, ref_lm: nn.Module, reward_fn) -> Plan:
     from lmpref.core.reward import RewardModel
 
     depth = shared_depth(policy_lm, ref_lm)
-    shares = isinstance(reward_fn, RewardModel) and not len(
-        reward_fn.template
-    )  # a template's tokens are not in the sampling pass
+    # A template's tokens are not in the sampling pass, and a response-only model never saw the query.
+    shares = isinstance(reward_fn, RewardModel) and not len(reward_fn.template) and not reward_fn.response_only
     reward_depth = shared_depth(policy_lm, reward_fn.clf) if shares else 0
     return Plan(depth, reward_depth)
 
