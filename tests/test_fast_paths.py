@@ -7,11 +7,12 @@ import torch
 
 from fast_path_fixtures import queries, tiny_policy
 from lmpref.config import make_config
+from lmpref.core import ppo as ppo_module
 from lmpref.core.accel import StaticSampler, fit_micro_batch
 from lmpref.core.batching import pad_left
 from lmpref.core.loading import load_tokenizer
 from lmpref.core.ppo import make_optimizer, ppo_update, rollout, train_policy
-from lmpref.core.sampling import cat_query_response, generate, logprobs_of
+from lmpref.core.sampling import cat_query_response, generate, logprobs_and_entropy, logprobs_of
 
 R, T = 6, 0.7
 
@@ -153,3 +154,41 @@ def test_train_policy_fast_paths_end_where_the_plain_path_ends(tok, policy):
         torch.testing.assert_close(x, y, atol=5e-6, rtol=1e-4, msg=name)
     assert sa[-1]["objective/kl"] == pytest.approx(sb[-1]["objective/kl"], abs=1e-4)
     assert {"time/generation", "time/logprobs", "time/reward", "time/train"} <= set(sb[-1])
+
+
+def _entropy_two_passes(logits, tokens):
+    """The PPO epochs' log-probs and entropy as computed before issue 18: the entropy from a second
+    softmax and log-softmax of the logits."""
+    lp = logprobs_of(logits, tokens)
+    with torch.no_grad():
+        entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    return lp, entropy
+
+
+def test_one_log_softmax_for_logprobs_and_entropy_gives_the_update_of_two(tok, policy, monkeypatch):
+    logits = torch.randn(3, 5, 50, dtype=torch.float64) * 4
+    tokens = torch.randint(0, 50, (3, 5))
+    (lp, ent), (lp0, ent0) = logprobs_and_entropy(logits, tokens), _entropy_two_passes(logits, tokens)
+    assert torch.equal(lp, lp0)
+    torch.testing.assert_close(ent, ent0, rtol=1e-12, atol=1e-12)
+    assert not ent.requires_grad
+
+    def update():
+        p = copy.deepcopy(policy)
+        ref = copy.deepcopy(policy).requires_grad_(False)
+        torch.manual_seed(3)
+        ro = rollout(p, ref, lambda ids, mask, last: ids[:, -1].float() / 50_000, tok, _queries(tok, 8),
+                     cfg.task, forward_batch=8, device="cpu")  # fmt: skip
+        stats = ppo_update(p, make_optimizer(p.parameters(), cfg.ppo), ro, 0.1, cfg.ppo, cfg.task,
+                           torch.Generator().manual_seed(0), micro_batch=2)  # fmt: skip
+        return p, stats
+
+    cfg = _cfg()
+    new, new_stats = update()
+    monkeypatch.setattr(ppo_module, "logprobs_and_entropy", _entropy_two_passes)
+    old, old_stats = update()
+    for (name, a), b in zip(new.named_parameters(), old.parameters()):
+        assert torch.equal(a, b), name  # the loss reads the same log-softmax: the same update, bit for bit
+    assert new_stats.keys() == old_stats.keys()
+    for k, v in old_stats.items():
+        assert new_stats[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k

@@ -33,7 +33,7 @@ from lmpref.core.accel import (
 )
 from lmpref.core.batching import pad_left
 from lmpref.core.responses import apply_penalty, postprocess
-from lmpref.core.sampling import cat_query_response, generate, logprobs_of
+from lmpref.core.sampling import cat_query_response, generate, logprobs_and_entropy, logprobs_of
 from lmpref.core.trunk import Plan, reward_scores
 from lmpref.core.trunk import plan as trunk_plan
 from lmpref.core.trunk import sample as trunk_sample
@@ -297,7 +297,7 @@ def ppo_update(
                 with no_sync(policy, accelerator, sync=ms + micro >= start + mb):
                     with autocast(ids.device, cfg.mixed_precision):
                         logits, vpred = policy(ids[idx], mask[idx], R, task.temperature, **_upper(ro, idx))
-                    new_lp = logprobs_of(logits, ro.responses[idx])
+                    new_lp, entropy = logprobs_and_entropy(logits, ro.responses[idx])  # one log-softmax for both
                     pg_loss, vf_loss, st = ppo_losses(
                         new_lp,
                         ro.logprobs[idx],
@@ -311,9 +311,7 @@ def ppo_update(
                     loss = (pg_loss + cfg.vf_coef * vf_loss) * (len(idx) / mb)
                     backward(loss, accelerator)
                 st.update({"ppo/loss/policy": pg_loss.item(), "ppo/loss/value": vf_loss.item()})
-                with torch.no_grad():
-                    probs = torch.softmax(logits, -1)
-                    st["objective/entropy"] = -(probs * torch.log_softmax(logits, -1)).sum(-1).sum(-1).mean().item()
+                st["objective/entropy"] = entropy.sum(-1).mean().item()
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
             if cfg.max_grad_norm:
@@ -353,7 +351,7 @@ def micro_batch_from_memory(policy, ro: Rollout, cfg: PPOConfig, task: TaskConfi
             torch.cuda.reset_peak_memory_stats()
         with autocast(ids.device, cfg.mixed_precision):
             logits, vpred = policy(ids[:n], mask[:n], R, task.temperature, **_upper(ro, slice(0, n)))
-        (logprobs_of(logits, ro.responses[:n]).sum() + vpred.sum()).backward()
+        (logprobs_and_entropy(logits, ro.responses[:n])[0].sum() + vpred.sum()).backward()  # as ppo_update
         policy.zero_grad(set_to_none=True)
         if ids.is_cuda and torch.cuda.max_memory_allocated() + adam_bytes > 0.92 * torch.cuda.mem_get_info()[1]:
             raise torch.OutOfMemoryError(f"micro-batch {n} leaves no room for the optimizer state")

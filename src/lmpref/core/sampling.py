@@ -40,6 +40,17 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.gather(F.log_softmax(logits, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logprobs_of` and the entropy of each position from the same log-softmax, which autograd keeps
+    anyway: (B, R, V), (B, R) -> log-probs (B, R), entropy (B, R) (no grad). A second softmax and
+    log-softmax over the vocabulary for the entropy alone cost as much as the first."""
+    logp = F.log_softmax(logits, dim=-1)  # (B, R, V)
+    with torch.no_grad():
+        p = logp.exp()
+        entropy = -p.mul_(logp).sum(-1)  # one temporary of the logits' size
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1), entropy
+
+
 def cat_query_response(query_ids, query_mask, responses):
     """(B, Q) + (B, R) -> (B, T) ids and mask: responses are always attended (fixed length)."""
     return torch.cat([query_ids, responses], 1), torch.cat([query_mask, torch.ones_like(responses)], 1)
