@@ -314,3 +314,59 @@ def test_tiny_cnndm_run_sft_evaluate_report_in_chromium(tmp_path):
     image = pytest.importorskip("PIL.Image").open(io.BytesIO(png)).convert("L")
     assert image.getextrema()[1] - image.getextrema()[0] > 100
     assert sum(image.histogram()[:128]) > 0.002 * image.width * image.height
+
+
+def test_evaluate_and_report_show_labels_episodes_and_minutes_of_every_policy(tmp_path, capsys):
+    """An RLOO policy and a DPO one trained on the same labels, a copy of the DPO one saved without its
+    record (an older policy), and best-of-2 of ρ: one row each, against ρ, in eval.json, the printed
+    table and the report."""
+    import math
+    import shutil
+
+    from lmpref.cli import main
+    from lmpref.eval.plots import policy_cell
+
+    tiny = ["--preset", "test", "--scale", "tiny"]
+    run, dpo, old = tmp_path / "rloo", tmp_path / "dpo", tmp_path / "old"
+    assert main(["run", *tiny, "--algo", "rloo", "--run-dir", str(run)]) == 0
+    labels = ["--labels", str(run / "labels.jsonl")]
+    assert main(["train-policy", *tiny, "--algo", "dpo", *labels, "--run-dir", str(dpo)]) == 0
+    shutil.copytree(dpo / "policy", old)
+    (old / "lmpref_policy.json").unlink()
+    out = tmp_path / "eval" / "eval.json"
+    out.parent.mkdir()
+    capsys.readouterr()
+    argv = ["evaluate", *tiny, "--policy", str(run / "policy"), "--reward-model", str(run / "reward_model")]
+    argv += ["--compare", f"dpo={dpo / 'policy'}", "--compare", f"old={old}", "--best-of", "bon2=2:ref"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = result["by_policy"]
+    assert list(rows) == ["policy", "ref", "dpo", "old", "bon2"]
+    rm_labels = json.loads((run / "reward_model" / "lmpref_reward.json").read_text())["n_train"]
+    trained = json.loads((dpo / "dpo.json").read_text())["n_train"]
+    assert rows["policy"]["labels"] == rm_labels and rows["policy"]["episodes"] == 32  # 2 RLOO updates of 16
+    assert rows["dpo"]["labels"] == trained and rows["dpo"]["episodes"] == trained * 4  # 1 epoch x K = 4
+    assert rows["policy"]["minutes"] > 0 and rows["dpo"]["minutes"] > 0
+    assert [rows[n][k] for n in ("ref", "old") for k in ("labels", "episodes", "minutes")] == [None] * 6
+    assert (rows["bon2"]["labels"], rows["bon2"]["episodes"], rows["bon2"]["minutes"]) == (0, 0, None)
+    assert rows["ref"]["win_rate"] is None and rows["ref"]["kl"] == 0.0
+    assert rows["bon2"]["kl"] == pytest.approx(math.log(2) - 1 / 2)
+    assert rows["policy"]["win_rate"] == result["win_rate"] and rows["policy"]["kl"] == result["kl"]
+    assert rows["policy"]["win_rate_both_valid"] == result["win_rate_both_valid"]
+    assert rows["policy"]["labeler_score"] == result["labeler_score"]["policy"]
+    assert rows["ref"]["labeler_score"] == result["labeler_score"]["ref"]
+    pairwise = {(r["a"], r["b"]): r["win_rate"] for r in result["pairwise"]}
+    for name in ("dpo", "old", "bon2"):  # the same judge as the pairwise table: ρ's loss is their win
+        assert rows[name]["win_rate"] == pytest.approx(1 - pairwise["ref", name])
+    assert rows["old"]["win_rate"] == rows["dpo"]["win_rate"]  # the same weights
+    header = next(line for line in printed.splitlines() if "episodes" in line)
+    assert header.split()[-3:] == ["labels", "episodes", "minutes"]
+    bon2 = next(line for line in printed.splitlines() if line.split()[:1] == ["bon2"])
+    assert bon2.split()[-3:] == ["0", "0", "—"]
+    assert main(["report", str(out.parent)]) == 0
+    page = (out.parent / "report.html").read_text()
+    assert "<th>labels</th><th>episodes</th><th>minutes</th>" in page
+    minutes = policy_cell("minutes", rows["policy"]["minutes"])
+    assert f"<td>{rm_labels}</td><td>32</td><td>{minutes}</td></tr>" in page
+    assert "<td>0</td><td>0</td><td>—</td></tr>" in page and "<td>—</td><td>—</td><td>—</td></tr>" in page

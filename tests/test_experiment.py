@@ -10,24 +10,31 @@ The loop itself runs in process (fast), except in the kill tests, which must SIG
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from experiment_fixtures import BASE, RUN, Workers, batch_tasks, labels_given, tiny_config, tiny_env  # noqa: F401 (tiny_env: autouse)
+from experiment_fixtures import (  # noqa: F401 (tiny_env: autouse)
+    RUN,
+    Workers,
+    batch_tasks,
+    checkpoint_state,
+    cord_pulled,
+    experiment_argv,
+    killed_loop,
+    labels_given,
+    metric_steps,
+    tiny_config,
+    tiny_env,
+)
 from lmpref import store
 from lmpref.config import ConfigError, make_config
 from lmpref.io import read_jsonl
 from lmpref.loop.experiment import run_experiment
 from lmpref.loop.schedule import batch_round, enqueue_interval, label_schedule, online_batch, online_plan, segment_ends
 from lmpref.steps.guards import hacking_guard, kl_guard, reward_guard, validation_win_rate
-
-KILL_AT = str(Path(__file__).parent / "kill_at.py")  # runs `lmpref` and dies at one named point of the run
 
 # ---------------------------------------------------------------------------------------------
 # Pure schedule and guard functions, with literal numbers
@@ -163,28 +170,14 @@ def test_online_collects_while_ppo_runs_and_does_not_wait_for_fresh_labels(tmp_p
     )
 
 
-def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatch):
-    import lmpref.loop.experiment as experiment
-
+def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path):
     w = Workers(tmp_path).start()
     cfg = tiny_config(
         tmp_path, **{"experiment.mode": "batched", "experiment.rounds": 2, "ppo.total_episodes": 64}
     )  # 4 updates, 2 a round
     # A person pulls the cord during round 1's PPO, as its first update (update 3) ends.
-    real_rows, pulled = experiment._metrics_rows, {}
-
-    def rows_then_pull(run_dir):
-        rows = real_rows(run_dir)
-        if len(rows) == 3 and not pulled:
-            with w.session() as s:
-                pulled["id"] = store.pull_andon(
-                    s, reason="samples look broken", run=RUN, labeler=store.get_labeler(s, name="sim-0")
-                ).id
-        return rows
-
-    monkeypatch.setattr(experiment, "_metrics_rows", rows_then_pull)
-    result = run_experiment(cfg, db=w.db)
-    monkeypatch.setattr(experiment, "_metrics_rows", real_rows)
+    with cord_pulled(w, "update", 3) as pulled:
+        result = run_experiment(cfg, db=w.db)
     run_dir = cfg.resolved_run_dir()
     assert "pulled by sim-0" in result["stopped"] and "samples look broken" in result["stopped"]
     steps = [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
@@ -206,28 +199,6 @@ def test_batched_run_then_andon_halts_ppo_within_one_update(tmp_path, monkeypatc
     assert json.loads((run_dir / "experiment.json").read_text())["finished"]
 
 
-def _experiment_argv(w: Workers, run_dir, mode: str, overrides: dict) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "lmpref.cli",
-        "experiment",
-        "--preset",
-        "test",
-        "--scale",
-        "tiny",
-        "--mode",
-        mode,
-        "--db",
-        w.db,
-        "--run-dir",
-        str(run_dir),
-    ]
-    for k, v in {**BASE, **overrides}.items():
-        argv += ["--set", f"{k}={v}"]
-    return argv
-
-
 def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_path):
     """SIGKILL the loop (a subprocess) of an online run (4 updates, 2 a round, a batch after every
     update) while sampling, waiting, training the reward model, in the middle of a PPO update (its
@@ -237,21 +208,17 @@ def test_killed_anywhere_resumes_without_losing_labels_or_duplicating_tasks(tmp_
     batch enqueued exactly once."""
     w = Workers(tmp_path)
     run_dir = tmp_path / "run"
-    argv = _experiment_argv(
-        w, run_dir, "online", {"experiment.rounds": 2, "experiment.enqueue_every": 1, "ppo.total_episodes": 64}
+    loop = killed_loop(
+        experiment_argv(
+            w, run_dir, "online", {"experiment.rounds": 2, "experiment.enqueue_every": 1, "ppo.total_episodes": 64}
+        )
     )
 
-    def loop(kill_at: str | None, resume: bool = True) -> int:
-        cmd = [sys.executable, KILL_AT, kill_at or "", "--"] + argv[3:] + (["--resume"] if resume else [])
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode
-
     def steps() -> list[int]:
-        return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
+        return metric_steps(run_dir)
 
     def checkpoint() -> int:
-        return json.loads(
-            (run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text() / "state.json").read_text()
-        )["update"]
+        return checkpoint_state(run_dir)["update"]
 
     assert loop("sampled:0", resume=False) == -9  # samples written, nothing enqueued yet
     assert (run_dir / "rounds/round-000/samples.jsonl").exists() and batch_tasks(w) == {}
@@ -298,14 +265,10 @@ def test_batched_run_killed_between_rounds_resumes_exactly(tmp_path):
     every batch is enqueued once, every label kept, and no update runs twice."""
     w = Workers(tmp_path).start()
     run_dir = tmp_path / "run"
-    argv = _experiment_argv(w, run_dir, "batched", {"experiment.rounds": 2, "ppo.total_episodes": 64})
-
-    def loop(kill_at: str | None, resume: bool = True) -> int:
-        cmd = [sys.executable, KILL_AT, kill_at or "", "--"] + argv[3:] + (["--resume"] if resume else [])
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode
+    loop = killed_loop(experiment_argv(w, run_dir, "batched", {"experiment.rounds": 2, "ppo.total_episodes": 64}))
 
     def steps() -> list[int]:
-        return [m["step"] for _, m in read_jsonl(run_dir / "metrics.jsonl")]
+        return metric_steps(run_dir)
 
     samples = run_dir / "rounds/round-001/samples.jsonl"
     assert loop("sampled:1", resume=False) == -9  # round 0 labeled and trained on, 2 updates, round 1 sampled

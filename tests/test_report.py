@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lmpref.eval.plots import copy_strip_svg, line_plot_svg, scatter_svg
-from lmpref.eval.report import copy_ranges, highlight, write_report
+from lmpref.eval.report import copy_ranges, highlight, render_report, write_report
 from lmpref.eval.winrate import human_accuracy
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -167,6 +167,17 @@ def test_report_tolerates_missing_and_broken_files(tmp_path):
 
 
 @pytest.mark.browser
+def test_every_policy_table_without_training_records_shows_dashes():
+    """An eval.json from before `by_policy`: the table keeps its columns, "—" in the new ones."""
+    ev = {"policies": {"policy": "runs/x/policy", "ref": "gpt2"}, "kl_by_policy": {"policy": 1.5}}
+    page = render_report("old run", ev, [], None, [])
+    assert "<th>win rate vs ref</th><th>both valid</th><th>labeler score</th><th>labels</th>" in page
+    assert "<td>policy</td><td>runs/x/policy</td><td>–</td><td>1.5</td>" + "<td>—</td>" * 6 + "</tr>" in page
+    rows = {"policy": {"win_rate": 0.625, "win_rate_both_valid": None, "labels": 12, "episodes": 48, "minutes": 2.25}}
+    page = render_report("new run", {**ev, "by_policy": rows}, [], None, [])
+    assert "<td>62.5%</td><td>—</td><td>—</td><td>12</td><td>48</td><td>2.2</td></tr>" in page
+
+
 def test_report_renders_in_chromium(tmp_path):
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":

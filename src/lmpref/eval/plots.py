@@ -1,5 +1,6 @@
 """SVG plots for the report (line plots, scatter plots, copy strips), written as text: no plotting
-library, so a report renders anywhere."""
+library, so a report renders anywhere; and the cells of the every-policy table (`policy_cell`), which
+`lmpref evaluate` prints and the report draws."""
 
 from __future__ import annotations
 
@@ -24,6 +25,29 @@ def fmt(x) -> str:
     if v is None:
         return "–" if x is None else esc(x)
     return str(int(v)) if v.is_integer() and abs(v) < 1e9 else f"{v:.4g}"
+
+
+POLICY_COLUMNS = (
+    ("win_rate", "win rate vs ref"),
+    ("win_rate_both_valid", "both valid"),
+    ("labeler_score", "labeler score"),
+    ("kl", "KL (nats)"),
+    ("labels", "labels"),
+    ("episodes", "episodes"),
+    ("minutes", "minutes"),
+)
+
+
+def policy_cell(key: str, value) -> str:
+    """One cell of the every-policy table: a share as a percentage, a score or KL to 3 places, a count
+    whole, minutes to 1 place; "—" where a policy has none (ρ's training, an older policy's record)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key.startswith("win_rate"):
+        return f"{value:.1%}"
+    if key in ("labels", "episodes"):
+        return str(int(value))
+    return f"{value:.1f}" if key == "minutes" else f"{value:+.3f}" if key == "labeler_score" else f"{value:.3f}"
 
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")

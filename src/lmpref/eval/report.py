@@ -7,7 +7,9 @@
   "samples": [{"query": str, "ref_response": str, "policy_response": str, ...}]}`;
   any other numeric keys of a sample (e.g. `policy_score`) are shown with it.
   Optional `policies` ({name: what it is}), `mean_reward_by_policy` and `kl_by_policy` ({name: float}):
-  every policy evaluated (PPO / DPO / RLOO policies, checkpoints, best-of-N) in one table.
+  every policy evaluated (PPO / DPO / RLOO policies, checkpoints, best-of-N) in one table, with
+  `by_policy` ({name: {"win_rate", "win_rate_both_valid", "labeler_score", "kl", "labels", "episodes",
+  "minutes"}}, `lmpref.steps.evaluate.policy_rows`) as its other columns ("—" where a value is missing).
   Optional `pairwise` and `human_pairwise`: `[{"a", "b", "win_rate" (of a), "win_rate_ci", "n"}]`
   (`lmpref evaluate`: judged by the labeler; `--read-human`: by people), each drawn as a table.
   Optional `human_accuracy` (`--read-human` after `--enqueue-accuracy`; `lmpref.eval.winrate.human_accuracy`):
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from lmpref.eval.copying import copied_spans
 from lmpref.eval.metrics import bigram_lcs, copied_pct, novel_ngram_pct
-from lmpref.eval.plots import copy_strip_svg, esc, fmt, line_plot_svg, num, scatter_svg
+from lmpref.eval.plots import POLICY_COLUMNS, copy_strip_svg, esc, fmt, line_plot_svg, num, policy_cell, scatter_svg
 from lmpref.io import DataError, read_jsonl
 from lmpref.text import words
 
@@ -149,13 +151,23 @@ def _policies(ev: Mapping) -> str:
         return value if isinstance(value, Mapping) else {}
 
     what, reward, kl = mapping("policies"), mapping("mean_reward_by_policy"), mapping("kl_by_policy")
-    names = list(dict.fromkeys([*what, *reward]))
+    by_policy = mapping("by_policy")
+    names = list(dict.fromkeys([*what, *reward, *by_policy]))
     if not names:
         return '<p class="note">No per-policy results in eval.json.</p>'
+    columns = [(k, title) for k, title in POLICY_COLUMNS if k != "kl"]
+
+    def cells(n: str) -> list[str]:
+        row = by_policy.get(n)
+        row = row if isinstance(row, Mapping) else {}
+        values = [(k, row.get(k)) for k, _ in columns]
+        return [esc(policy_cell(k, v)) if v is None or isinstance(v, (int, float)) else "—" for k, v in values]
+
     rows = [
-        [esc(n), esc(what.get(n, "")), fmt(reward.get(n)), fmt(kl.get(n, 0.0 if n == "ref" else None))] for n in names
+        [esc(n), esc(what.get(n, "")), fmt(reward.get(n)), fmt(kl.get(n, 0.0 if n == "ref" else None)), *cells(n)]
+        for n in names
     ]
-    return _table(["policy", "what", "mean reward", "KL vs reference (nats)"], rows)
+    return _table(["policy", "what", "mean reward", "KL vs reference (nats)", *(t for _, t in columns)], rows)
 
 
 def _accuracy(ratings, run) -> str:

@@ -9,6 +9,7 @@ import math
 import torch
 
 from lmpref.eval.labelers import ProgramLabeler
+from lmpref.eval.plots import POLICY_COLUMNS, policy_cell
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -66,6 +67,25 @@ def win_rate(labeler: ProgramLabeler, pairs: list[dict]) -> dict:
         "win_rate_both_valid_ci": list(wilson_interval(sum(both), len(both))),
         "n_both_valid": len(both),
     }
+
+
+def win_rate_over(labeler: ProgramLabeler, pairs: list[dict], name: str, base: str = "ref") -> dict:
+    """`win_rate` of policy `name` over `base` on evaluation rows that hold every policy's
+    `<name>_response` and `<name>_valid` (eval_samples.jsonl's rows)."""
+    return win_rate(
+        labeler,
+        [
+            {
+                "query": p["query"],
+                "reference": p.get("reference"),
+                "policy_response": p[f"{name}_response"],
+                "policy_valid": p[f"{name}_valid"],
+                "ref_response": p[f"{base}_response"],
+                "ref_valid": p[f"{base}_valid"],
+            }
+            for p in pairs
+        ],
+    )
 
 
 def pairwise_win_rates(
@@ -156,3 +176,14 @@ def format_table(result: dict) -> str:
     ]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+
+def format_policies(by_policy: dict[str, dict]) -> str:
+    """eval.json's `by_policy` as a printed table, one policy a row."""
+    header = ["policy", *(title for _, title in POLICY_COLUMNS)]
+    rows = [[name, *(policy_cell(k, row.get(k)) for k, _ in POLICY_COLUMNS)] for name, row in by_policy.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    )

@@ -20,6 +20,17 @@ offline = 1 round. batched = a few large rounds; PPO idles while people label. o
 rounds (the paper retrained ~20 times), labels front-loaded by `experiment.schedule_power`, and
 PPO never waits for labels but at a retrain whose batches from a whole segment ago are not in yet.
 
+With `algo = dpo` (iterative DPO, `dpo_round`) a round has no reward model and no segment:
+        1. every mode: sample the current policy (round 0: rho; later: the previous round's DPO
+           policy) and enqueue the samples as batch round-r
+        2. wait until round r's batch is labeled
+        3. the guards that judge labels, not a model (`label_guards`)
+        4. K-way DPO on every label so far from the previous round's policy, rho the base model
+           throughout, the Andon cord read between steps
+online and batched then differ only in their default number of rounds (20 and 4) and so in the
+size of each round: DPO learns from the labels themselves, so there is nothing to train on while
+the current policy's samples are being labeled, and no online enqueue during training.
+
 Crash safety: every phase is idempotent and keyed by files written atomically (samples, reward
 models, PPO checkpoints after every update) plus the store's idempotent enqueue, so a process
 killed anywhere resumes with `--resume`, loses no label, duplicates no task and repeats at most
@@ -31,6 +42,10 @@ run_dir/ (besides `lmpref run`'s config.json, checkpoints/, metrics.jsonl, polic
   rounds/round-NNN/samples-uUUUUUU.jsonl   online: those enqueued after update U as batch round-NNN-uUUUUUU
   rounds/round-NNN/labels.jsonl    every label so far, as the reward model of that round saw them
   reward_models/round-NNN/     that round's reward model (reward_model -> the latest, for `evaluate`)
+  dpo/round-NNN/               algo = dpo: that round's DPO run (`lmpref train-policy --algo dpo`'s layout:
+                               metrics.jsonl, tb/, dpo_ref_logprobs.json, dpo.json, policy/; its checkpoints
+                               are removed once its policy is saved); policy/ -> the latest, metrics.jsonl ->
+                               every round's rows numbered on
 """
 
 from __future__ import annotations
@@ -87,10 +102,19 @@ class Experiment:
             self.state["rounds"].append({"round": len(self.state["rounds"])})
         return self.state["rounds"][r]
 
+    def dpo_dir(self, r: int) -> Path:
+        return self.run_dir / "dpo" / f"round-{r:03d}"
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether later rounds' samples are enqueued during the previous round's training (online
+        PPO or RLOO). DPO's rounds never overlap: it trains on labels only, in every mode."""
+        return self.cfg.experiment.mode == "online" and self.cfg.algo != "dpo"
+
     def online_plan(self, r: int) -> list[tuple[int, int, int]]:
         """Online: (update, comparisons, validation) enqueued during round r's PPO for retrain r + 1."""
         e = self.cfg.experiment
-        if e.mode != "online" or r + 1 >= len(self.ends):
+        if not self.overlaps or r + 1 >= len(self.ends):
             return []
         seg_start, quota = self.ends[r - 1] if r else 0, self.targets[r + 1] - self.targets[r]
         every = enqueue_interval(
@@ -100,7 +124,7 @@ class Experiment:
 
     def round_batches(self, r: int) -> list[str]:
         """The batches of round r: the comparisons that retrain r is the first to see."""
-        if self.cfg.experiment.mode != "online" or r == 0:
+        if not self.overlaps or r == 0:
             return [f"round-{r:03d}"]
         return [online_batch(r, update) for update, _, _ in self.online_plan(r - 1)]
 
@@ -109,7 +133,7 @@ class Experiment:
         later rounds: round r-1's batches (sampled during round r-2's PPO, so labelers had a whole
         segment for them), and round r's only sampled during round r-1's PPO are used as far as they
         are labeled; the last retrain waits for those too, so the run trains on all it asked for."""
-        if self.cfg.experiment.mode != "online" or r == 0:
+        if not self.overlaps or r == 0:
             return self.round_batches(r)
         rounds = [r - 1, r] if r == len(self.ends) - 1 else [r - 1]
         return [b for k in rounds for b in self.round_batches(k)]
@@ -219,14 +243,13 @@ def sample_batch(
     update: int | None = None,
 ) -> None:
     """Write `batch`'s samples once (rounds/round-r/, seeded by `key` and `seed`) and enqueue them
-    (idempotent: a rerun adds nothing). Round 0 samples rho. Later rounds sample the latest PPO
-    checkpoint (online: it must be `update`); `n_val` of their `n` comparisons hold k/2 samples of rho
-    and k/2 of the policy, in a seeded random order. `since`: the update where the PPO segment that
-    made this policy began (its mean reward up to this policy is recorded as the round's `policy_score`)."""
+    (idempotent: a rerun adds nothing). Round 0 samples rho. Later rounds sample the current policy
+    (`_current_policy`; online: it must be the checkpoint after `update`); `n_val` of their `n`
+    comparisons hold k/2 samples of rho and k/2 of the policy, in a seeded random order. `since`:
+    the update where the PPO segment that made this policy began (`_provenance`)."""
     from lmpref.core.loading import load_causal_lm, load_tokenizer
     from lmpref.core.runtime import setup
     from lmpref.core.sampling import sample_records
-    from lmpref.steps.checkpoint import latest_checkpoint
     from lmpref.tasks import make_query_source
 
     cfg, rec = ex.cfg, ex.record(r)
@@ -235,7 +258,7 @@ def sample_batch(
         setup(cfg)
         tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
         queries = make_query_source(tok, cfg.task, "train", cfg.model.name).sample(n, f"experiment-{cfg.seed}-{key}")
-        ckpt = latest_checkpoint(ex.run_dir) if r > 0 else None
+        ckpt, pi_id = _current_policy(ex, r) if r > 0 else (None, "")
         if update is not None and _checkpoint_update(ex.run_dir) != update:
             raise RuntimeError(
                 f"batch {batch} must sample the policy after update {update}, but the latest checkpoint is {ckpt}"
@@ -247,7 +270,7 @@ def sample_batch(
                 ref, tok, queries, cfg.task, k=cfg.sample.k, policy_id=f"ref:{cfg.model.name}", **kw
             )
         else:
-            pi, pi_id = load_causal_lm(str(ckpt), dtype=cfg.model.dtype), f"policy:{ckpt.name}"
+            pi = load_causal_lm(str(ckpt), dtype=cfg.model.dtype)
             records = sample_records(pi, tok, queries[n_val:], cfg.task, k=cfg.sample.k, policy_id=pi_id, **kw)
             half = cfg.sample.k // 2
             from_ref = sample_records(
@@ -256,11 +279,7 @@ def sample_batch(
             from_pi = sample_records(pi, tok, queries[:n_val], cfg.task, k=half, policy_id=pi_id, **kw)
             rng = random.Random(f"validation-{cfg.seed}-{key}")
             records += [_mix(a, b, rng) for a, b in zip(from_ref, from_pi)]
-            rec["policy_update"] = _checkpoint_update(ex.run_dir)
-            seg = [
-                m["objective/scores"] for m in _metrics_rows(ex.run_dir) if since < m["step"] <= rec["policy_update"]
-            ]
-            rec["policy_score"] = sum(seg) / len(seg) if seg else None
+            rec.update(_provenance(ex, r, since))
         write_jsonl(path, records)
         ex.save()
     hooks.point("sampled", r)
@@ -275,6 +294,28 @@ def sample_batch(
         f"round {r}: batch {batch} holds {res.created + res.existing} comparisons ({res.created} new)",
     )
     hooks.point("enqueued", r)
+
+
+def _current_policy(ex: Experiment, r: int) -> tuple[Path | None, str]:
+    """The policy round r samples (r > 0) and its id in the samples: the latest PPO / RLOO checkpoint,
+    or with DPO the previous round's policy."""
+    from lmpref.steps.checkpoint import latest_checkpoint
+
+    if ex.cfg.algo == "dpo":
+        return ex.dpo_dir(r - 1) / "policy", f"policy:dpo-round-{r - 1:03d}"
+    ckpt = latest_checkpoint(ex.run_dir)
+    return ckpt, f"policy:{ckpt.name if ckpt else None}"
+
+
+def _provenance(ex: Experiment, r: int, since: int) -> dict:
+    """Where round r's policy samples came from. PPO / RLOO: the checkpoint's update and the mean
+    reward of its segment since update `since` (`policy_score`, which the reward-hacking guard reads).
+    DPO: the round that trained the policy; it has no reward model, so no score."""
+    if ex.cfg.algo == "dpo":
+        return {"policy_round": r - 1}
+    update = _checkpoint_update(ex.run_dir)
+    seg = [m["objective/scores"] for m in _metrics_rows(ex.run_dir) if since < m["step"] <= update]
+    return {"policy_update": update, "policy_score": sum(seg) / len(seg) if seg else None}
 
 
 def _mix(a: dict, b: dict, rng: random.Random) -> dict:
@@ -311,6 +352,34 @@ def wait_for_labels(ex: Experiment, r: int, batches: list[str]) -> str | None:
         time.sleep(ex.cfg.experiment.poll_seconds)
 
 
+def collect_labels(ex: Experiment, r: int) -> Path:
+    """Every label of the run so far, from the store into rounds/round-r/labels.jsonl (what round r
+    trains on), and the labelers' validation win rate of every round so far (online: earlier rounds'
+    labels may have come in since). Refuses, in one line, labels that were all dropped as too fast."""
+    rec, labels_path = ex.record(r), ex.round_dir(r) / "labels.jsonl"
+    with store.transaction(ex.sessions) as session:
+        rows = list(store.export_records(session, run=ex.run, fmt="bestofk"))
+        fast = sum(1 for _ in store.export_records(session, run=ex.run, fmt="bestofk", include_fast=True)) - len(rows)
+    if fast and not any(not row.get("tie") for row in rows):
+        raise DataError(
+            f"run {ex.run!r}: no usable labels: all {fast} labels were dropped as too fast (given in under "
+            "`lmpref serve --min-seconds`, default 5 s, and so distrusted as a person's); a program should label "
+            "through `lmpref label-worker`, whose labels are not timed, or serve with --min-seconds 0"
+        )
+    rec["labels"] = write_jsonl(labels_path, rows)
+    for k, k_rec in enumerate(ex.state["rounds"][: r + 1]):
+        win, n_val = validation_win_rate([x for x in rows if batch_round(x["batch"]) == k])
+        k_rec.update(win_rate=None if n_val == 0 else win, n_validation=n_val)
+    return labels_path
+
+
+def _gold_guard(ex: Experiment) -> str | None:
+    """The labelers' answers to gold comparisons, judged against chance."""
+    with store.transaction(ex.sessions) as session:
+        gold = [(q.name, q.gold_answered, q.gold_correct) for q in store.quality_report(session, run=ex.run).labelers]
+    return gold_guard(gold, 1 / ex.cfg.sample.k, ex.cfg.experiment.min_validation_labels)
+
+
 def train_reward_round(ex: Experiment, r: int, guards: bool = True) -> str | None:
     """Retrain from the base LM on every label so far (the paper retrains from scratch), then the
     pre-PPO guard on the model as saved and the reward-hacking guard. Returns a guard's reason, or
@@ -321,21 +390,7 @@ def train_reward_round(ex: Experiment, r: int, guards: bool = True) -> str | Non
     out = ex.run_dir / "reward_models" / f"round-{r:03d}"
     labels_path = ex.round_dir(r) / "labels.jsonl"
     if not (out / "config.json").exists():
-        with store.transaction(ex.sessions) as session:
-            rows = list(store.export_records(session, run=ex.run, fmt="bestofk"))
-            fast = sum(1 for _ in store.export_records(session, run=ex.run, fmt="bestofk", include_fast=True)) - len(
-                rows
-            )
-        if fast and not any(not row.get("tie") for row in rows):
-            raise DataError(
-                f"run {ex.run!r}: no usable labels: all {fast} labels were dropped as too fast (given in under "
-                "`lmpref serve --min-seconds`, default 5 s, and so distrusted as a person's); a program should label "
-                "through `lmpref label-worker`, whose labels are not timed, or serve with --min-seconds 0"
-            )
-        rec["labels"] = write_jsonl(labels_path, rows)
-        for k, k_rec in enumerate(ex.state["rounds"][: r + 1]):  # online: earlier rounds' labels may have come in since
-            win, n_val = validation_win_rate([x for x in rows if batch_round(x["batch"]) == k])
-            k_rec.update(win_rate=None if n_val == 0 else win, n_validation=n_val)
+        collect_labels(ex, r)
         ex.publish("reward", f"round {r}: training the reward model on {rec['labels']} labels")
         with atomic_dir(out) as tmp:
             step_train_reward(
@@ -355,15 +410,98 @@ def train_reward_round(ex: Experiment, r: int, guards: bool = True) -> str | Non
     e = cfg.experiment
     if not guards:
         return None
-    with store.transaction(ex.sessions) as session:
-        gold = [(q.name, q.gold_answered, q.gold_correct) for q in store.quality_report(session, run=ex.run).labelers]
     rounds = ex.state["rounds"][: r + 1]
     return (
-        gold_guard(gold, 1 / cfg.sample.k, e.min_validation_labels)
+        _gold_guard(ex)
         or reward_guard(acc, chance, n, e.reward_guard_margin)
         or hacking_guard(rounds, e.hacking_win_drop, e.min_validation_labels)
         or win_rate_guard(rounds, e.min_validation_labels)
     )
+
+
+def label_guards(ex: Experiment, r: int, guards: bool = True) -> str | None:
+    """DPO's retrain step: every label so far into round r's labels file (once: a resumed round trains
+    on the labels it started with), then the guards that judge labels, not a model: the labelers'
+    gold answers and the labelers' win rate of the policy over rho falling (`win_rate_guard`). The
+    guards that need a reward model are skipped: its held-out accuracy (`reward_guard`), the
+    reward-hacking guard (the policy's reward-model score against the win rate) and, during
+    training, the KL and direction guards (PPO's and RLOO's reward and KL rows; DPO logs neither)."""
+    rec, labels_path = ex.record(r), ex.round_dir(r) / "labels.jsonl"
+    if not labels_path.exists():
+        collect_labels(ex, r)
+    rec.setdefault("labels", sum(1 for _ in read_jsonl(labels_path)))  # (a kill may have come before it was saved)
+    ex.publish(
+        "dpo",
+        f"round {r}: {rec.get('labels')} labels so far; labelers' win rate of the policy over rho "
+        f"{_pct(rec.get('win_rate'))} (n={rec.get('n_validation', 0)})",
+    )
+    if not guards:
+        return None
+    return _gold_guard(ex) or win_rate_guard(ex.state["rounds"][: r + 1], ex.cfg.experiment.min_validation_labels)
+
+
+def dpo_round(ex: Experiment, r: int) -> str | None:
+    """Iterative DPO, round r: K-way DPO (`step_train_dpo`, as `train-policy --algo dpo` runs it: ρ's
+    log-probs cached, the shared trunk cached) on every label collected so far, starting from the
+    previous round's policy (round 0: the base model), with ρ the base model throughout, into
+    dpo/round-r/. Returns the Andon reason when the cord stopped it, else None; a kill resumes from
+    the round's last checkpoint (at most `dpo.checkpoint_every` steps repeated).
+
+    Every label so far, not only the round's. With ρ fixed, DPO's loss is the likelihood of the labels
+    under one implicit reward β·log π/ρ, and every label, whichever policy's samples it compares, is
+    evidence about that reward: fitting it on all the preference data gathered so far is the
+    estimate that online iterative RLHF analyses (Xiong et al. 2024, "Iterative Preference Learning
+    from Human Feedback"), and it is what this loop does with the reward model for PPO and RLOO
+    (retrained on every label, as Ziegler et al. 2019 did). Training on the round's labels alone is
+    the recipe that also moves ρ to the last policy (Yuan et al. 2024's self-rewarding iterations);
+    with ρ kept fixed it would let each round undo what the earlier rounds' labels taught.
+
+    Each round's held-out implicit-reward accuracy is on that round's held-out split of all labels so
+    far (`dpo.holdout_fraction`); as the split is redrawn on more labels, a label held out now may have
+    been trained on in an earlier round."""
+    from lmpref.steps.train import step_train_dpo
+
+    rec, out = ex.record(r), ex.dpo_dir(r)
+    if not (out / "dpo.json").exists():
+        ex.publish("dpo", f"round {r}: DPO on {rec.get('labels')} labels from {'rho' if r == 0 else f'round {r - 1}'}")
+        out.mkdir(parents=True, exist_ok=True)
+        start = ex.dpo_dir(r - 1) / "policy" if r else None
+        labels = ex.round_dir(r) / "labels.jsonl"
+        state = step_train_dpo(ex.cfg, labels, out, resume=True, start=start, should_stop=ex.andon)
+        if state.get("stopped"):
+            return state["stopped"]
+        hooks.point("dpo", r)
+    summary = json.loads((out / "dpo.json").read_text(encoding="utf-8"))
+    rec.update(
+        dpo_steps=summary["step"],
+        dpo_heldout_accuracy_before=summary["heldout_accuracy_before"],
+        dpo_heldout_accuracy=summary["heldout_accuracy"],
+        dpo_n_train=summary["n_train"],
+        dpo_n_heldout=summary["n_heldout"],
+        policy=str((out / "policy").relative_to(ex.run_dir)),
+    )
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the round's policy is saved whole
+    _merge_dpo_metrics(ex, r)
+    with atomic_dir(ex.run_dir / "policy") as tmp:
+        shutil.copytree(out / "policy", tmp)
+    ex.publish(
+        "dpo",
+        f"round {r}: DPO held-out implicit-reward accuracy {_pct(summary['heldout_accuracy_before'])} -> "
+        f"{_pct(summary['heldout_accuracy'])} (n={summary['n_heldout']}) after {summary['step']} steps",
+    )
+    return None
+
+
+def _merge_dpo_metrics(ex: Experiment, r: int) -> None:
+    """run_dir/metrics.jsonl: the rows of DPO rounds 0..r, `step` numbered on across rounds, with the
+    `round` and the round's own `dpo/step`; rewritten whole, so a step redone after a kill shows once.
+    (TensorBoard: each round's dpo/round-NNN/tb/, under the run directory.)"""
+    rows, offset = [], 0
+    for k in range(r + 1):
+        own = _metrics_rows(ex.dpo_dir(k))
+        rows += [{**m, "step": offset + m["step"], "round": k, "dpo/step": m["step"]} for m in own]
+        offset += len(own)
+    write_jsonl(ex.run_dir / "metrics.jsonl", rows)
 
 
 def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
@@ -419,11 +557,6 @@ def ppo_segment(ex: Experiment, r: int, end: int) -> str | None:
 
 def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> dict:
     """Run (or resume) an experiment; returns {"stopped": reason} when halted, else the evaluation."""
-    if cfg.algo == "dpo":
-        raise ConfigError(
-            "experiment --algo dpo is not supported yet (iterative DPO per round): use --algo ppo or rloo here, or "
-            "`lmpref run --algo dpo`, or `lmpref train-policy --algo dpo --labels FILE` on exported labels"
-        )
     e = cfg.experiment
     run_dir = cfg.resolved_run_dir()
     preflight(cfg)
@@ -431,9 +564,13 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
     state_path = run_dir / "experiment.json"
     if not resume and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that experiment, or choose --run-dir")
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"mode": e.mode, "round": 0, "rounds": []}
+    fresh = {"mode": e.mode, "algo": cfg.algo, "round": 0, "rounds": []}
+    state = json.loads(state_path.read_text()) if state_path.exists() else fresh
     if state["mode"] != e.mode:
         raise ConfigError(f"{run_dir} holds a {state['mode']} experiment; resume it with --mode {state['mode']}")
+    if state.get("algo", cfg.algo) != cfg.algo:  # (older states did not record it)
+        algo = state["algo"]
+        raise ConfigError(f"{run_dir} holds an --algo {algo} experiment: resume it with --algo {algo}")
     # Crash safety: a checkpoint after every update, so a killed run repeats at most one update.
     cfg = dataclasses.replace(
         cfg,
@@ -452,21 +589,21 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
         return state.get("eval", {})
     halted = state.pop("halted", None)
     cleared_guard_round = halted["round"] if halted and halted.get("guard") else None
-    print(
-        f"[experiment] {e.mode}: {n_rounds} rounds, comparisons by round {targets}, PPO updates by round {ends}; "
-        f"store run {ex.run!r}"
-    )
+    dpo = cfg.algo == "dpo"
+    training = "DPO on every label so far each round" if dpo else f"{cfg.algo.upper()} updates by round {ends}"
+    print(f"[experiment] {e.mode}: {n_rounds} rounds, comparisons by round {targets}, {training}; store run {ex.run!r}")
+    retrain = label_guards if dpo else train_reward_round
     for r in range(state["round"], n_rounds):
         state["round"] = r
         if not (reason := ex.andon()):
-            if e.mode != "online" or r == 0:  # online: later rounds' batches were enqueued during the previous PPO
+            if not ex.overlaps or r == 0:  # online: later rounds' batches were enqueued during the previous PPO
                 sample_round(ex, r, targets[r] - (targets[r - 1] if r else 0), since=ends[r - 2] if r >= 2 else 0)
             reason = wait_for_labels(ex, r, ex.batches_needed(r))
-        if not reason and (reason := train_reward_round(ex, r, guards=r != cleared_guard_round)):
+        if not reason and (reason := retrain(ex, r, guards=r != cleared_guard_round)):
             state["halted"] = {"guard": True}
             reason = ex.pull(reason)
         if not reason:
-            reason = ppo_segment(ex, r, ends[r])
+            reason = dpo_round(ex, r) if dpo else ppo_segment(ex, r, ends[r])
         if reason:
             guard = state.get("halted", {}).get("guard") or cleared_guard_round == r  # kept until resumed past it
             state["halted"] = {"round": r, "phase": state.get("phase"), "reason": reason, "guard": bool(guard)}
@@ -476,7 +613,8 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
                 "ID).",
             )
             return {"stopped": reason}
-        ex.record(r)["ppo_update"] = _checkpoint_update(run_dir)
+        if not dpo:
+            ex.record(r)["ppo_update"] = _checkpoint_update(run_dir)
         state["round"] = r + 1
         ex.save()
     result = {}
@@ -484,7 +622,8 @@ def run_experiment(cfg: RunConfig, *, db: str | None, resume: bool = False) -> d
         from lmpref.steps.evaluate import step_evaluate
 
         ex.publish("evaluating", "evaluating the final policy on held-out queries")
-        result = step_evaluate(cfg, run_dir / "policy", run_dir / "reward_model", run_dir / "eval.json")
+        rm = None if dpo else run_dir / "reward_model"
+        result = step_evaluate(cfg, run_dir / "policy", rm, run_dir / "eval.json")
         state["eval"] = {k: result[k] for k in ("win_rate", "kl") if k in result}
     state["finished"], state["round"] = True, n_rounds - 1
     ex.publish(

@@ -1,11 +1,13 @@
 """The run directory's checkpoint format: `checkpoints/update-N/` holds the policy, its optimizer
 state and the loop's state, written whole (a temporary directory renamed into place). A policy with
-LoRA adapters is saved as `save_policy` lays it out: merged weights, the adapter in `adapter/`."""
+LoRA adapters is saved as `save_policy` lays it out: merged weights, the adapter in `adapter/`.
+A trained policy's folder also says what its training cost (`lmpref_policy.json`, `write_policy_meta`)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -65,3 +67,50 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         if (path / "state.json").exists():
             return path
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trained policy cost: labels, episodes, wall minutes
+
+POLICY_META = "lmpref_policy.json"
+
+
+class TrainClock:
+    """Wall seconds of a training step, carried in the trainer's state as `train_seconds` (written
+    with every checkpoint by `wrap`), so a run resumed from a checkpoint adds to what it had spent."""
+
+    def __init__(self) -> None:
+        self.before, self.t0 = 0.0, time.monotonic()
+
+    def resume(self, state: dict | None) -> None:
+        self.before = float((state or {}).get("train_seconds", 0.0))
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    def wrap(self, checkpoint):
+        def save(update: int, state: dict, optimizer) -> None:
+            state["train_seconds"] = self.seconds()
+            checkpoint(update, state, optimizer)
+
+        return save
+
+
+def write_policy_meta(
+    folder: Path, *, algo: str, labels: int | None, episodes: int, seconds: float, counts: str
+) -> None:
+    """`folder/lmpref_policy.json`: the labels the policy learned from (trained on, held-out ones not
+    counted), its training episodes (`counts` says what one is for this algorithm) and the wall
+    minutes of its training (models loaded, updates, checkpoints; summed over resumes and rounds)."""
+    meta = {"algo": algo, "labels": labels, "episodes": episodes, "train_minutes": seconds / 60, "episodes_are": counts}
+    atomic_write_text(folder / POLICY_META, json.dumps(meta, indent=2))
+
+
+def read_policy_meta(folder: Path) -> dict:
+    """What `write_policy_meta` saved, or {} for a policy saved without it (older runs, checkpoints,
+    another program's model) or whose file cannot be read."""
+    try:
+        meta = json.loads((Path(folder) / POLICY_META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}

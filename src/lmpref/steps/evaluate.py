@@ -3,7 +3,8 @@ and people's judgements go out to the label store and come back into `eval.json`
 
 run_dir/
   eval.json             win rates (labeler; `human_pairwise`, `human_accuracy` once people have judged),
-                        mean reward, KL, samples side by side
+                        mean reward, KL, samples side by side; `by_policy`: every policy against ρ with
+                        what its training cost (labels, episodes, minutes: `read_policy_meta`)
   eval_samples.jsonl    every query with each policy's `<name>_response` and `<name>_valid`
   summary_eval.json     summarization tasks: ROUGE, novelty, copying per policy
 
@@ -27,8 +28,20 @@ from lmpref.core.loading import load_tokenizer
 from lmpref.core.models import PolicyWithValue
 from lmpref.core.reward import RewardModel
 from lmpref.core.runtime import load_reference, setup
-from lmpref.eval.winrate import format_table, human_accuracy, human_win_rates, pairwise_win_rates, win_rate
+from lmpref.eval.winrate import (
+    format_policies,
+    format_table,
+    human_accuracy,
+    human_win_rates,
+    pairwise_win_rates,
+    win_rate,
+    win_rate_over,
+)
 from lmpref.io import DataError, atomic_write_text, read_jsonl, write_jsonl
+from lmpref.steps.checkpoint import read_policy_meta
+
+NO_TRAINING = {"labels": None, "episodes": None, "minutes": None}  # ρ: not a trained policy
+UNTRAINED = {"labels": 0, "episodes": 0, "minutes": None}  # best-of-N: trained on nothing (its reward model was)
 
 
 def step_evaluate(
@@ -54,6 +67,11 @@ def step_evaluate(
     scores highest kept (an invalid response scores the task's penalty). Their KL is the analytic
     log N − (N − 1)/N of best-of-N against its base (Stiennon et al. 2020, appendix G.3; exact
     for continuous rewards without ties), recorded in `kl_by_policy`.
+
+    `by_policy` {name: row} puts every policy against ρ in one table (`policy_rows`): win rate, where
+    both are valid, labeler score, KL, and labels, episodes and minutes of training as its folder
+    recorded them (`lmpref_policy.json`; None for ρ and for a folder without the record; best-of-N:
+    0 labels, 0 episodes and no minutes).
     """
     from tqdm.auto import tqdm
 
@@ -184,6 +202,13 @@ def step_evaluate(
             "kl_by_policy": {k: mean(v) for k, v in kls.items()},
         }
     )
+    training = {
+        "policy": _training(policy_path),
+        "ref": NO_TRAINING,
+        **{k: _training(v) for k, v in (compare or {}).items()},
+        **{k: UNTRAINED for k in bases},
+    }
+    result["by_policy"] = policy_rows(labeler, pairs, result["kl_by_policy"], training)
     if summarizing:
         texts = {name: [t for t, _ in rs] for name, rs in responses.items() if name != "lead-3"}
         se = summary_eval(texts, documents, references, task=source.kind)
@@ -192,10 +217,36 @@ def step_evaluate(
     atomic_write_text(out, json.dumps(result, indent=2, ensure_ascii=False))
     write_jsonl(out.with_name("eval_samples.jsonl"), pairs)
     print(format_table(result))
+    print(format_policies(result["by_policy"]))
     for row in result["pairwise"]:
         lo, hi = row["win_rate_ci"]
         print(f"  {row['a']} over {row['b']}: {row['win_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={row['n']})")
     return result
+
+
+def _training(policy_path: Path) -> dict:
+    """Labels, episodes and minutes of training that a policy folder recorded; None where it did not."""
+    meta = read_policy_meta(policy_path)
+    return {"labels": meta.get("labels"), "episodes": meta.get("episodes"), "minutes": meta.get("train_minutes")}
+
+
+def policy_rows(labeler, pairs: list[dict], kl: dict[str, float], training: dict[str, dict]) -> dict[str, dict]:
+    """Per policy of `training` ({name: labels, episodes, minutes}), against ρ on the evaluation rows:
+    its win rate over ρ (with CI) and where both responses are valid, the labeler's mean score of its
+    valid responses, its valid share and KL (ρ: 0)."""
+    rows = {}
+    for name, cost in training.items():
+        wr = win_rate_over(labeler, pairs, name) if name != "ref" else {}
+        valid = [p for p in pairs if p[f"{name}_valid"]]
+        scores = [labeler.score(p["query"], p[f"{name}_response"], reference=p["reference"]) for p in valid]
+        rows[name] = {
+            **{k: wr.get(k) for k in ("win_rate", "win_rate_ci", "win_rate_both_valid", "n_both_valid")},
+            "labeler_score": float(np.mean(scores)) if scores else float("nan"),
+            "valid_fraction": len(valid) / len(pairs) if pairs else float("nan"),
+            "kl": 0.0 if name == "ref" else kl.get(name),
+            **cost,
+        }
+    return rows
 
 
 def comparison_records(samples: list[dict], pairs: list[tuple[str, str]], seed: int) -> list[dict]:

@@ -7,7 +7,8 @@ register one that dies at a chosen point as `kill -9` would (`tests/kill_at.py`)
 phases or stream progress the same way.
 
 Points: `sampled`, `enqueued`, `waiting`, `reward` (n = round), `ppo` (n = round, after each
-update of a segment), `update`, `online` (n = PPO update)."""
+update of a segment), `dpo` (n = round, once its DPO run has saved its policy, before the loop
+records it), `update` (n = PPO / RLOO update or DPO step), `online` (n = PPO update)."""
 
 from __future__ import annotations
 

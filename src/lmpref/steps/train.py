@@ -33,7 +33,15 @@ from lmpref.core.runtime import load_reference, setup
 from lmpref.formats.cards import policy_card, reward_card
 from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
 from lmpref.steps import hooks
-from lmpref.steps.checkpoint import checkpoint_fn, latest_checkpoint, save_policy, unwrapped
+from lmpref.steps.checkpoint import (
+    TrainClock,
+    checkpoint_fn,
+    latest_checkpoint,
+    read_policy_meta,
+    save_policy,
+    unwrapped,
+    write_policy_meta,
+)
 from lmpref.steps.evaluate import step_evaluate
 from lmpref.steps.guards import direction_guard, fingerprint, saved_reward_guard
 from lmpref.steps.launch import check_supported, check_world
@@ -419,6 +427,7 @@ def step_train_policy(
         _, reason = check_reward_model(cfg, reward_path)
         if reason:
             return {"update": 0, "stopped": reason}
+    clock = TrainClock()
     rows: list[dict] = []  # this run's metrics rows, for the direction guard
 
     def keep_row(row: dict) -> None:
@@ -460,6 +469,7 @@ def step_train_policy(
     if ckpt:
         load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
         state = json.loads((ckpt / "state.json").read_text())
+        clock.resume(state)
         print(f"[lmpref] resuming PPO from {ckpt} (update {state['update']})")
     source = make_query_source(tok, cfg.task, "train", cfg.model.name)
     log = (
@@ -480,7 +490,7 @@ def step_train_policy(
         state=state,
         optimizer=optimizer,
         log=log,
-        checkpoint=checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process),
+        checkpoint=clock.wrap(checkpoint_fn(run_dir, policy, tok, accelerator.is_main_process)),
         should_stop=stop_or_guard,
         forward_batch=cfg.sample.batch_size,
         **({} if rloo else {"accelerator": accelerator}),
@@ -491,7 +501,23 @@ def step_train_policy(
             save_policy(weights, tmp, like=unwrapped(policy))
             tok.save_pretrained(tmp)
             atomic_write_text(tmp / "README.md", policy_card(_config_dict(cfg), state, reward_model=str(reward_path)))
+            write_policy_meta(
+                tmp,
+                algo=cfg.algo,
+                labels=_reward_labels(reward_path),
+                episodes=state["update"] * algo_cfg.batch_size,
+                seconds=clock.seconds(),
+                counts="(query, response) samples trained on: updates x batch_size",
+            )
     return state
+
+
+def _reward_labels(reward_path: Path) -> int | None:
+    """The labels a saved reward model was trained on (`n_train` in its lmpref_reward.json), else None."""
+    try:
+        return int(json.loads((reward_path / "lmpref_reward.json").read_text(encoding="utf-8"))["n_train"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _labels_digest(path: Path) -> str:
@@ -541,16 +567,28 @@ def _dpo_trunk(cfg: RunConfig, policy, ref, labels, pad_id: int):
     return trunk
 
 
-def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: bool = False, should_stop=None) -> dict:
+def step_train_dpo(
+    cfg: RunConfig,
+    labels_path: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    should_stop=None,
+    start: Path | None = None,
+) -> dict:
     """K-way DPO on a best-of-K labels file into run_dir (checkpoints/, metrics.jsonl + tb/,
     dpo_ref_logprobs.json, policy/, dpo.json), no reward model. The labels are split as the reward
     model splits them (`split_labels` with `dpo.holdout_fraction` and the seed); the held-out share
     measures the implicit reward's accuracy. `should_stop()` is read between steps; each step's
-    metrics row, once logged and before its checkpoint, is announced as the point `update`."""
+    metrics row, once logged and before its checkpoint, is announced as the point `update`.
+    `start`: a policy folder to start from when run_dir has no checkpoint (iterative DPO: the previous
+    round's policy), with a fresh optimizer; ρ is the base model all the same. The policy's episodes
+    and minutes (`write_policy_meta`) add to those `start` recorded."""
     from lmpref.core.dpo import train_dpo
     from lmpref.core.reward import read_labels, split_labels
 
     preflight(cfg)
+    clock = TrainClock()
     device = setup(cfg)
     tok = load_tokenizer(cfg.model.name, cfg.model.cache_dir)
     labels = read_labels(labels_path, tok)
@@ -566,7 +604,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     if ckpt is None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    policy = _start_policy(cfg, ckpt, device)
+    policy = _start_policy(cfg, ckpt or start, device)
     ref = _reference(cfg, policy, device)
     policy.value_head.requires_grad_(False)  # no value function: DPO trains the LM alone
     trunk = _dpo_trunk(cfg, policy, ref, labels, tok.pad_token_id)
@@ -577,6 +615,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
     if ckpt:
         load_optimizer_state(policy, optimizer, torch.load(ckpt / "optimizer.pt", map_location="cpu"))
         state = json.loads((ckpt / "state.json").read_text())
+        clock.resume(state)
         print(f"[lmpref] resuming DPO from {ckpt} (step {state['step']})")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tb")
 
@@ -597,7 +636,7 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
         state=state,
         optimizer=optimizer,
         log=log,
-        checkpoint=checkpoint_fn(run_dir, policy, tok, True),
+        checkpoint=clock.wrap(checkpoint_fn(run_dir, policy, tok, True)),
         should_stop=should_stop,
         trunk=trunk,
     )
@@ -605,6 +644,15 @@ def step_train_dpo(cfg: RunConfig, labels_path: Path, run_dir: Path, *, resume: 
         with atomic_dir(run_dir / "policy") as tmp:
             save_policy(policy.state_dict(), tmp, like=policy)
             tok.save_pretrained(tmp)
+            prior = read_policy_meta(start) if start else {}
+            write_policy_meta(
+                tmp,
+                algo="dpo",
+                labels=len(train),
+                episodes=int(prior.get("episodes") or 0) + cfg.dpo.epochs * sum(len(c.response_ids) for c in train),
+                seconds=float(prior.get("train_minutes") or 0) * 60 + clock.seconds(),
+                counts="(query, response) pairs the loss scored: epochs x the K responses of each trained label",
+            )
         summary = {**state, "n_train": len(train), "n_heldout": len(heldout), "labels": str(labels_path)}
         atomic_write_text(run_dir / "dpo.json", json.dumps(summary, indent=2))
     return state
