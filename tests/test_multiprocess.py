@@ -151,6 +151,9 @@ def _pipeline_worker(out: Path, mode: str) -> None:
         seen["resumed"] = step_train_policy(cfg, rm, run_dir, resume=True)
     else:
         seen["resumed"] = step_train_policy(cfg, rm, run_dir)
+    for key in ("first", "resumed"):
+        if key in seen:
+            seen[key].pop("train_seconds")  # wall time: the only field two launches may disagree on
     torch.save(seen, out / f"{mode}-rank{int(os.environ['RANK'])}.pt")
 
 
