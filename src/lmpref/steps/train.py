@@ -512,12 +512,20 @@ def step_train_policy(
     return state
 
 
+def _reward_meta(reward_path: Path) -> dict:
+    """What `train-reward` saved beside a reward model (lmpref_reward.json), or {} when it is absent
+    or unreadable (a reward model from elsewhere)."""
+    try:
+        meta = json.loads((reward_path / "lmpref_reward.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _reward_labels(reward_path: Path) -> int | None:
     """The labels a saved reward model was trained on (`n_train` in its lmpref_reward.json), else None."""
-    try:
-        return int(json.loads((reward_path / "lmpref_reward.json").read_text(encoding="utf-8"))["n_train"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
+    n = _reward_meta(reward_path).get("n_train")
+    return n if isinstance(n, int) else None
 
 
 def _labels_digest(path: Path) -> str:
@@ -701,9 +709,8 @@ def run_offline(cfg: RunConfig, *, resume: bool = False, allow_config_change: bo
             f"      held-out accuracy of the saved reward model {seen['accuracy']:.1%} (chance {seen['chance']:.1%}, "
             f"n={seen['n_heldout']})"
         )
-        saved = json.loads((rm_dir / "lmpref_reward.json").read_text(encoding="utf-8"))
-        if saved.get("accuracy_labeler_noise_free") is not None:
-            ceiling = saved["accuracy_labeler_noise_free"]
+        ceiling = _reward_meta(rm_dir).get("accuracy_labeler_noise_free")
+        if ceiling is not None:
             print(f"      the labeler without its noise picks the label {ceiling:.1%} (the ceiling)")
     if reason:
         return {"stopped": reason}
