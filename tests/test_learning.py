@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from lmpref.config import make_config
+from lmpref.config import ConfigError, make_config
 from lmpref.core.loading import load_causal_lm, load_tokenizer
 from lmpref.core.models import PolicyWithValue
 from lmpref.core.ppo import train_policy
@@ -223,3 +223,28 @@ def test_response_only_reward_model_reads_the_response_alone_and_ignores_the_que
         rm(ids, mask, last, Q, hidden=torch.zeros(2, 9, 64), depth=1)
     rm.save(tmp_path / "rm")
     assert RewardModel.load(tmp_path / "rm").response_only
+
+
+def test_several_verbalizer_pairs_start_the_head_at_the_mean_of_their_differences(tok):
+    """`reward.verbalizer = " good| bad; happy| sad"`: the head starts as the mean of the two pairs'
+    unembedding differences, so its score is the mean of the two zero-shot log-odds."""
+    from lmpref.core.reward import new_reward_model
+
+    cfg = make_config(
+        "test",
+        "tiny",
+        {"model.name": "tiny-gpt2", "reward.trainable_layers": 0, "reward.verbalizer": " good| bad; happy| sad"},
+    )
+    rm = new_reward_model(cfg, "tiny-gpt2", tok, "cpu")
+    unembed = load_causal_lm("tiny-gpt2").get_output_embeddings().weight
+    g, b, h, s = (tok.encode(w)[0] for w in (" good", " bad", " happy", " sad"))
+    torch.testing.assert_close(rm.clf.score.weight[0], ((unembed[g] - unembed[b]) + (unembed[h] - unembed[s])) / 2)
+    features = torch.randn(3, unembed.shape[1])
+    logodds = [features @ (unembed[x] - unembed[y]) for x, y in ((g, b), (h, s))]
+    torch.testing.assert_close(rm.clf.score(features)[:, 0], (logodds[0] + logodds[1]) / 2)
+
+
+@pytest.mark.parametrize("bad", [" good|", " good| bad;", " good| bad; happy", " good| bad| sad"])
+def test_a_malformed_verbalizer_is_refused_with_the_form_to_write(bad):
+    with pytest.raises(ConfigError, match="several pairs separated by ';'"):
+        make_config("test", "tiny", {"reward.verbalizer": bad})

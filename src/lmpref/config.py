@@ -125,7 +125,7 @@ class RewardConfig:
     template: str = ""
     """Text appended right after each response before the head reads the last position (a prompted reward model), e.g. "\n\nThe mood of this passage is"; '' = none."""
     verbalizer: str = ""
-    """'A|B' (e.g. ' positive| negative'): the head starts as the LM's unembedding of token A minus token B, a zero-shot prior the labels refine; '' = a random head."""
+    """'A|B' (e.g. ' positive| negative'): the head starts as the LM's unembedding of token A minus token B, a zero-shot prior the labels refine; several pairs 'A|B; C|D' (separated by ';', each word keeps its leading space): the mean of the pairs' differences, i.e. the mean of their zero-shot log-odds; '' = a random head."""
     response_only: bool = False
     """The reward model reads the response alone, the query dropped: a judgement of the continuation's own style or mood (the labeler's), not of the passage it continues. Its trunk then cannot start from the policy's shared hidden states."""
     lora_rank: int = 0
@@ -358,11 +358,12 @@ class RunConfig:
             raise ConfigError(f"minibatch size {mb} must be divisible by ppo.micro_batch_size={p.micro_batch_size}")
         if p.total_episodes < p.batch_size:
             raise ConfigError(f"ppo.total_episodes={p.total_episodes} is smaller than one batch ({p.batch_size})")
-        if self.reward.verbalizer and (
-            self.reward.verbalizer.count("|") != 1 or not all(self.reward.verbalizer.split("|"))
+        if self.reward.verbalizer and any(
+            pair.count("|") != 1 or not all(pair.split("|")) for pair in self.reward.verbalizer.split(";")
         ):
             raise ConfigError(
-                f"reward.verbalizer={self.reward.verbalizer!r}: write two words as 'A|B', e.g. ' positive| negative'"
+                f"reward.verbalizer={self.reward.verbalizer!r}: write two words as 'A|B', e.g. ' positive| negative', "
+                "or several pairs separated by ';', e.g. ' positive| negative; good| bad'"
             )
         if self.reward.verbalizer and self.reward.layers:
             raise ConfigError(

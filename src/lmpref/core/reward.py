@@ -421,7 +421,7 @@ class RewardModel(nn.Module):
         pooling: str = "last",
         layers: int = 0,
         template_ids: list[int] | None = None,
-        verbalizer_ids: tuple[int, int] | None = None,
+        verbalizer_ids: list[tuple[int, int]] | None = None,
         response_only: bool = False,
     ) -> RewardModel:
         """A fresh reward model on a pretrained trunk (its lower `layers` blocks only, when > 0). The
@@ -446,10 +446,10 @@ class RewardModel(nn.Module):
         clf.config.lmpref_response_only = response_only
         head = clf.score if hasattr(clf, "score") else clf.get_output_embeddings()
         nn.init.normal_(head.weight, std=1 / math.sqrt(clf.config.hidden_size + 1))
-        if unembed is not None:
-            a, b = verbalizer_ids
+        if unembed is not None and verbalizer_ids:
+            diffs = torch.stack([unembed[a] - unembed[b] for a, b in verbalizer_ids])
             with torch.no_grad():
-                head.weight.copy_((unembed[a] - unembed[b]).unsqueeze(0))
+                head.weight.copy_(diffs.mean(0, keepdim=True))
         if getattr(head, "bias", None) is not None:
             nn.init.zeros_(head.bias)
         return cls(clf)
@@ -561,16 +561,15 @@ def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardMod
     head's pooling, its template and verbalizer prior, and only the top `reward.trainable_layers`
     blocks (0: only the head) trained."""
     template = tokenizer.encode(cfg.reward.template, add_special_tokens=False) if cfg.reward.template else None
-    verbalizer = None
-    if cfg.reward.verbalizer:
-        words = cfg.reward.verbalizer.split("|")
-        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+    verbalizer = []
+    for pair in cfg.reward.verbalizer.split(";") if cfg.reward.verbalizer else []:
+        ids = [tokenizer.encode(w, add_special_tokens=False) for w in pair.split("|")]
         if any(len(i) != 1 for i in ids):
             raise ConfigError(
                 f"reward.verbalizer={cfg.reward.verbalizer!r}: each word must be one token of {trunk}'s tokenizer "
-                f"(got {[len(i) for i in ids]} tokens); try a common word with its leading space"
+                f"({pair!r} gives {[len(i) for i in ids]} tokens); try a common word with its leading space"
             )
-        verbalizer = (ids[0][0], ids[1][0])
+        verbalizer.append((ids[0][0], ids[1][0]))
     rm = RewardModel.from_lm(
         trunk,
         cfg.model.cache_dir,
@@ -578,7 +577,7 @@ def new_reward_model(cfg: RunConfig, trunk: str, tokenizer, device) -> RewardMod
         pooling=cfg.reward.pooling,
         layers=cfg.reward.layers,
         template_ids=template,
-        verbalizer_ids=verbalizer,
+        verbalizer_ids=verbalizer or None,
         response_only=cfg.reward.response_only,
     ).to(device)
     layers = cfg.reward.trainable_layers if cfg.reward.trainable_layers >= 0 else cfg.model.trainable_layers
