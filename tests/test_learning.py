@@ -33,7 +33,10 @@ def _small_vocab_policy(vocab: int):
     )
 
 
-def test_ppo_raises_reward_with_kl_near_target():
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_ppo_raises_reward_with_kl_near_target(precision):
+    """PPO learns, in float32 and under bf16 autocast (the sentiment preset's `auto` on a CPU with
+    AVX-512 BF16), with float32 master weights."""
     torch.manual_seed(0)
     vocab = 16
     cfg = make_config(
@@ -48,6 +51,7 @@ def test_ppo_raises_reward_with_kl_near_target():
             "ppo.kl_target": 3.0,
             "ppo.kl_horizon": 500,
             "task.query_length": 6,
+            "ppo.mixed_precision": precision,
         },
     )
     policy = _small_vocab_policy(vocab)
@@ -82,6 +86,7 @@ def test_ppo_raises_reward_with_kl_near_target():
     assert stats[-1]["objective/kl_coef"] != cfg.ppo.kl_coef  # the adaptive controller acted
     changed = [not torch.equal(a, b) for a, b in zip(before, policy.parameters())]
     assert all(changed), "every trainable parameter (value head included) should have moved"
+    assert all(p.dtype == torch.float32 for p in policy.parameters())  # master weights stay float32
 
 
 def test_reward_model_beats_chance_on_synthetic_labels(tok):

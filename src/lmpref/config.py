@@ -185,7 +185,7 @@ class PPOConfig:
     direction_window: int = 3
     """Direction guard: stop when over this many updates the reward model's score of the policy's samples falls while the score PPO maximises rises (a sign flipped inside PPO); 0 turns it off."""
     mixed_precision: str = "no"
-    """no | bf16: bf16 autocast for every pass, float32 master weights and optimizer state."""
+    """no | bf16 | auto: bf16 autocast for every PPO pass, float32 master weights and optimizer state; auto = bf16 where the device runs bf16 in hardware (a bf16 GPU, a CPU with AVX-512 BF16 or AMX), else no."""
     shared_trunk: bool = True
     """Compute the frozen lower blocks once per rollout sequence (in the sampling pass) and run only the upper ones for ρ, the reward model and every PPO epoch (one process; lmpref.core.trunk); false = full forwards (same result, slower)."""
     fast_sampling: str = "auto"
@@ -387,8 +387,8 @@ class RunConfig:
             raise ConfigError(
                 f"ppo.micro_batch_size={p.micro_batch_size}: use a size, 0 (whole minibatch) or -1 (fit to memory)"
             )
-        if p.mixed_precision not in ("no", "bf16"):
-            raise ConfigError(f"ppo.mixed_precision={p.mixed_precision!r}: use no or bf16")
+        if p.mixed_precision not in ("no", "bf16", "auto"):
+            raise ConfigError(f"ppo.mixed_precision={p.mixed_precision!r}: use no, bf16 or auto")
         for name in ("fast_sampling", "compile", "fused_adam"):
             if getattr(p, name) not in ("on", "off", "auto"):
                 raise ConfigError(f"ppo.{name}={getattr(p, name)!r}: use on, off or auto")

@@ -35,12 +35,31 @@ def enabled(flag: str, device) -> bool:
     return flag == "on" or (flag == "auto" and torch.device(device).type == "cuda")
 
 
+def bf16_is_fast(device) -> bool:
+    """Whether bf16 matrix products run in hardware on `device`: a CUDA GPU that supports bf16, or a
+    CPU with AVX-512 BF16 or AMX (elsewhere CPU bf16 is emulated and slower than float32)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_mixed_precision(mixed_precision: str, device) -> str:
+    """'no' | 'bf16' as given; 'auto' is bf16 where `bf16_is_fast(device)`, else 'no'."""
+    if mixed_precision not in ("no", "bf16", "auto"):
+        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'auto', not {mixed_precision!r}")
+    if mixed_precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "no"
+    return mixed_precision
+
+
 def autocast(device, mixed_precision: str):
-    """bf16 autocast with float32 master weights (what TRL's `bf16=True` does), or nothing."""
-    if mixed_precision == "no":
+    """bf16 autocast with float32 master weights (what TRL's `bf16=True` does), or nothing; 'auto'
+    as `resolve_mixed_precision`."""
+    if resolve_mixed_precision(mixed_precision, device) == "no":
         return contextlib.nullcontext()
-    if mixed_precision != "bf16":
-        raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {mixed_precision!r}")
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
