@@ -77,9 +77,9 @@ def _json(model: BaseModel, status_code: int = 200) -> Response:
     tags=["labeling"],
     responses={**ERRORS, 204: {"description": "Nothing to label now"}},
 )
-async def next_task(token: BearerToken, request: Request, run: Filter = None) -> Any:
+async def next_task(credentials: BearerToken, request: Request, run: Filter = None) -> Any:
     """Your open task, or a new one. Asking again returns the same task until you answer it."""
-    sessions, lease = request.app.state.sessions, request.app.state.settings.lease
+    sessions, lease, token = request.app.state.sessions, request.app.state.settings.lease, credentials.credentials
 
     def work() -> Response:
         try:
@@ -94,13 +94,13 @@ async def next_task(token: BearerToken, request: Request, run: Filter = None) ->
 
 
 @router.post("/tasks/{task_id}/label", response_model=LabelPublic, status_code=201, tags=["labeling"], responses=ERRORS)
-async def label_task(task_id: Id, body: LabelCreate, token: BearerToken, request: Request) -> Any:
+async def label_task(task_id: Id, body: LabelCreate, credentials: BearerToken, request: Request) -> Any:
     """Answer a task you were served; positions are those of `GET /api/tasks/next`. A program
     (`lmpref label-worker`, header `X-Lmpref-Labeler: program`) is not held to `--min-seconds`: that
     timer tells a person who clicked without reading, and a program labels in milliseconds."""
     program = request.headers.get(PROGRAM_HEADER, "").lower() == "program"
     min_seconds = 0.0 if program else request.app.state.settings.min_seconds
-    sessions = request.app.state.sessions
+    sessions, token = request.app.state.sessions, credentials.credentials
 
     def work() -> Response:
         try:

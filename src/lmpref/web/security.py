@@ -96,12 +96,18 @@ def api_labeler(
     return labeler_for(session, credentials.credentials)
 
 
-async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The request's bearer token, not yet checked against the store (in the event loop: no
-    thread, no transaction). A request without one is a 401 before its body is looked at."""
-    if credentials is None:
-        raise unauthorized()
-    return credentials.credentials
+class _RequiredBearer(HTTPBearer):
+    """`HTTPBearer` that answers a request without a Bearer token with our 401 itself, so the
+    hot routes take the token in one dependency, not two (each level of FastAPI's dependency
+    solving cost CPU on every request). Same security scheme in the OpenAPI document."""
+
+    def make_not_authenticated_error(self) -> HTTPException:
+        return unauthorized()
+
+
+# The request's bearer token, not yet checked against the store (in the event loop: no thread,
+# no transaction). A request without one is a 401 before its body is looked at.
+bearer_required = _RequiredBearer(scheme_name="HTTPBearer", description=bearer.model.description)
 
 
 def api_admin(labeler: Annotated[Labeler, Depends(api_labeler)]) -> Labeler:
@@ -111,7 +117,7 @@ def api_admin(labeler: Annotated[Labeler, Depends(api_labeler)]) -> Labeler:
 
 
 ApiLabeler = Annotated[Labeler, Depends(api_labeler)]
-BearerToken = Annotated[str, Depends(bearer_token)]
+BearerToken = Annotated[HTTPAuthorizationCredentials, Depends(bearer_required)]
 ApiAdmin = Annotated[Labeler, Depends(api_admin)]
 
 

@@ -26,12 +26,17 @@ def _copying(text: str, context: str) -> Copying:
     return copied_spans(text, context)
 
 
+# Responses built from the store's own rows are not validated again: `model_construct` takes
+# values the store and `copied_spans` already typed (validating a task's 5 models cost about as
+# much CPU as serializing them, on every request; issue 16). Serialization is unchanged.
+
+
 def _samples(texts: list[str], context: str) -> list[SamplePublic]:
     samples = []
     for position, text in enumerate(texts):
         copying = _copying(text, context)
         samples.append(
-            SamplePublic(
+            SamplePublic.model_construct(
                 position=position,
                 text=text,
                 copied_fraction=copying.fraction,
@@ -49,7 +54,7 @@ def task_public(served: Served | ServedTask) -> TaskPublic:
     else:
         task_id, kind, context = served.task.id, served.task.kind, served.task.query.text
         texts, served_at = [s.text for s in served.samples], served.assignment.served_at
-    return TaskPublic(
+    return TaskPublic.model_construct(
         task_id=task_id,
         run=served.run,
         kind="accuracy" if kind == "accuracy" else "compare",
@@ -62,7 +67,7 @@ def task_public(served: Served | ServedTask) -> TaskPublic:
 
 def label_public(label: Label | SavedLabel) -> LabelPublic:
     if isinstance(label, SavedLabel):  # positions already
-        return LabelPublic(**{f: getattr(label, f) for f in LabelPublic.model_fields})
+        return LabelPublic.model_construct(**{f: getattr(label, f) for f in LabelPublic.model_fields})
     order = label.assignment.order
     return LabelPublic(
         id=label.id,
