@@ -137,6 +137,16 @@ def read_json_or_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return list(read_jsonl(path))
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding an object (a sidecar a step wrote beside a model), or {} when it is absent,
+    unreadable, not JSON or not an object: for optional records a model from elsewhere lacks."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def require_keys(path: str | Path, lineno: int, rec: dict[str, Any], keys: Iterable[str], what: str) -> None:
     """A record missing a key the step needs is a DataError naming the file, line and keys."""
     missing = [k for k in keys if k not in rec]

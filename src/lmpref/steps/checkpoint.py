@@ -15,7 +15,7 @@ import torch
 from lmpref.core import lora
 from lmpref.core.accel import full_model_state, full_optimizer_state
 from lmpref.core.models import PolicyWithValue
-from lmpref.io import atomic_dir, atomic_write_text
+from lmpref.io import atomic_dir, atomic_write_text, read_json_object
 
 
 def checkpoint_fn(run_dir: Path, policy, tok, is_main: bool):
@@ -109,8 +109,4 @@ def write_policy_meta(
 def read_policy_meta(folder: Path) -> dict:
     """What `write_policy_meta` saved, or {} for a policy saved without it (older runs, checkpoints,
     another program's model) or whose file cannot be read."""
-    try:
-        meta = json.loads((Path(folder) / POLICY_META).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+    return read_json_object(Path(folder) / POLICY_META)

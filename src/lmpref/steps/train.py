@@ -31,7 +31,15 @@ from lmpref.core.models import PolicyWithValue, freeze_lower_layers
 from lmpref.core.reward import RewardModel, new_reward_model
 from lmpref.core.runtime import load_reference, setup
 from lmpref.formats.cards import policy_card, reward_card
-from lmpref.io import atomic_dir, atomic_write_text, read_jsonl, require_keys, require_records, write_jsonl
+from lmpref.io import (
+    atomic_dir,
+    atomic_write_text,
+    read_json_object,
+    read_jsonl,
+    require_keys,
+    require_records,
+    write_jsonl,
+)
 from lmpref.steps import hooks
 from lmpref.steps.checkpoint import (
     TrainClock,
@@ -515,11 +523,7 @@ def step_train_policy(
 def _reward_meta(reward_path: Path) -> dict:
     """What `train-reward` saved beside a reward model (lmpref_reward.json), or {} when it is absent
     or unreadable (a reward model from elsewhere)."""
-    try:
-        meta = json.loads((reward_path / "lmpref_reward.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+    return read_json_object(reward_path / "lmpref_reward.json")
 
 
 def _reward_labels(reward_path: Path) -> int | None:
